@@ -1,0 +1,1 @@
+"""Medscan: labelled medical images in, validated, compared and promoted classifiers out."""

@@ -1,0 +1,104 @@
+"""Where every stage reads and writes, and how params.yaml is loaded: the single source of truth.
+
+Stages run with the project root as the working directory (DVC does that); tests pass a root.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """On-disk contract between stages (see README, 'Stages and files')."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def images(self) -> Path:
+        """Content-addressed, normalised RGB copies: data/images/<sha256>.png (one DVC dir output)."""
+        return self.data / "images"
+
+    @property
+    def manifest(self) -> Path:
+        return self.data / "manifest.parquet"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data / "quarantine.csv"
+
+    @property
+    def labels(self) -> Path:
+        """Ordered class list of the active data set: index i is the model's output i."""
+        return self.data / "labels.json"
+
+    @property
+    def splits(self) -> Path:
+        return self.data / "splits.parquet"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def validation(self) -> Path:
+        return self.reports / "validation.json"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.reports / "data_docs"
+
+    @property
+    def split_report(self) -> Path:
+        return self.reports / "split_report.json"
+
+    @property
+    def compare_md(self) -> Path:
+        return self.reports / "compare.md"
+
+    @property
+    def promotion(self) -> Path:
+        return self.reports / "promotion.json"
+
+    def model_dir(self, arch: str) -> Path:
+        return self.root / "models" / arch
+
+    def metrics_file(self, arch: str) -> Path:
+        return self.root / "metrics" / f"{arch}.json"
+
+    def plots_dir(self, arch: str) -> Path:
+        return self.root / "plots" / arch
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+
+def project_root() -> Path:
+    """The project checkout: MEDSCAN_ROOT if set, else the working directory."""
+    return Path(os.environ.get("MEDSCAN_ROOT", os.getcwd())).resolve()
+
+
+def load_params(root: Path | None = None) -> dict[str, Any]:
+    with open((root or project_root()) / PARAMS_FILE, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def resolve(root: Path, maybe_relative: str | Path) -> Path:
+    """Params hold paths relative to the project root; absolute ones pass through."""
+    p = Path(maybe_relative).expanduser()
+    return p if p.is_absolute() else (root / p).resolve()
