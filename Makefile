@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine (Python 3.11, no GPU, PyPI only):
+#   make demo   install, then run the whole pipeline on the embedded synthetic data
+#   make test   install, then run the test suite (what .ci/run calls)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL := 2
+export GIT_PYTHON_REFRESH := quiet
+
+.PHONY: install demo test lock mlflow-ui airflow bench clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -r requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	dvc repro
+	python -m pipelines.summary
+
+test: install
+	python -m pytest -q
+
+lock:
+	$(BIN)/uv pip compile -q requirements.in -o requirements.lock --python-version 3.11
+
+mlflow-ui: install
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+bench: install
+	python -m bench.run_all
+
+clean:
+	rm -rf data/images data/manifest.parquet data/splits.parquet models metrics plots reports mlflow.db mlartifacts

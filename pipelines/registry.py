@@ -1,0 +1,123 @@
+"""MLflow Model Registry operations: register with lineage, champion/previous aliases, rollback.
+
+Aliases, never the deprecated stages. `champion` is what serving loads; `previous` is the champion
+it replaced, so a bad promotion is one `rollback` away. The registered model keeps the champion
+history in a tag so repeated rollbacks walk back in order.
+
+CLI: python -m pipelines.registry show|rollback [--model NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+CHAMPION, PREVIOUS = "champion", "previous"
+HISTORY_TAG = "medscan.champion_history"
+
+
+def model_name(params: Mapping[str, Any]) -> str:
+    return f"{params['promote']['model_name_prefix']}-{params['dataset']['name']}"
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register(client: MlflowClient, name: str, run_id: str, tags: Mapping[str, str]) -> ModelVersion:
+    """Register the run's logged model (once: a run already registered returns its version)."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Medscan diagnostic-support classifier")
+    for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        for key, value in tags.items():
+            client.set_model_version_tag(name, existing.version, key, str(value))
+        return client.get_model_version(name, existing.version)
+    version = mlflow.register_model(f"runs:/{run_id}/model", name, tags={k: str(v) for k, v in tags.items()})
+    return client.get_model_version(name, version.version)
+
+
+def _history(client: MlflowClient, name: str) -> list[str]:
+    tag = client.get_registered_model(name).tags.get(HISTORY_TAG, "")
+    return [v for v in tag.split(",") if v]
+
+
+def set_champion(client: MlflowClient, name: str, version: str) -> None:
+    """Move `champion` to `version`; the replaced champion becomes `previous`."""
+    current = version_by_alias(client, name, CHAMPION)
+    if current is not None and str(current.version) == str(version):
+        return
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    history = _history(client, name) + [str(version)]
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+
+
+def rollback(client: MlflowClient, name: str) -> str:
+    """Give `champion` back to the version it replaced; returns the restored version."""
+    history = _history(client, name)
+    if len(history) < 2:
+        raise SystemExit(f"{name}: no earlier champion to roll back to (history: {history or 'empty'})")
+    dropped, restored = history[-1], history[-2]
+    client.set_registered_model_alias(name, CHAMPION, restored)
+    client.set_model_version_tag(name, dropped, "medscan.rolled_back", "true")
+    rest = history[:-1]
+    if len(rest) >= 2:
+        client.set_registered_model_alias(name, PREVIOUS, rest[-2])
+    else:
+        client.delete_registered_model_alias(name, PREVIOUS)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(rest))
+    return restored
+
+
+def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]:
+    """(keras model, train_info) of a registered version, fetched from the registry's store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        info_path = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path="medscan/train_info.json", dst_path=tmp)
+        model = mlflow.tensorflow.load_model(f"models:/{name}/{version.version}")
+        info = json.loads(Path(info_path).read_text(encoding="utf-8"))
+    return model, info
+
+
+def describe(client: MlflowClient, name: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": name, "history": _history(client, name)}
+    for alias in (CHAMPION, PREVIOUS):
+        mv = version_by_alias(client, name, alias)
+        out[alias] = None if mv is None else {"version": mv.version, "run_id": mv.run_id, "tags": mv.tags}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipelines import tracking
+    from pipelines.config import Paths, load_params, project_root
+
+    parser = argparse.ArgumentParser(description="Inspect the registry or roll the champion back.")
+    parser.add_argument("command", choices=("show", "rollback"))
+    parser.add_argument("--model", help="registered model name (default from params.yaml)")
+    args = parser.parse_args(argv)
+    root = project_root()
+    params = load_params(root)
+    tracking.configure(Paths(root), params["dataset"]["name"])
+    name = args.model or model_name(params)
+    client = MlflowClient()
+    if args.command == "rollback":
+        print(f"{name}: champion is now version {rollback(client, name)}")
+    print(json.dumps(describe(client, name), indent=2))
+
+
+if __name__ == "__main__":
+    main()

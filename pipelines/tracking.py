@@ -1,0 +1,54 @@
+"""MLflow wiring: where runs and the registry live, and the pipeline's parent run.
+
+Default: a SQLite store (mlflow.db) and an artifact folder (mlartifacts/) in the project, so the
+registry works with no server. Scale-out: set MLFLOW_TRACKING_URI (e.g. a server backed by Postgres
+and S3); nothing else changes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+
+from pipelines.config import Paths
+
+PIPELINE_KEY_TAG = "medscan.pipeline_key"
+
+
+def configure(paths: Paths, dataset: str) -> str:
+    """Point MLflow at the project store and return the data set's experiment id."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    name = f"medscan-{dataset}"
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None if "MLFLOW_TRACKING_URI" in os.environ else paths.mlflow_artifacts.as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def parent_run_id(experiment_id: str, pipeline_key: str, run_name: str) -> str:
+    """The parent run that groups one pipeline execution's per-architecture runs (found or created)."""
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{pipeline_key}'",
+        max_results=1, output_format="list")
+    if found:
+        return found[0].info.run_id
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=run_name, tags={PIPELINE_KEY_TAG: pipeline_key})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def file_digest(path: Path, length: int = 12) -> str:
+    """Short content hash of a file (identifies the data a pipeline run saw)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]

@@ -1,0 +1,140 @@
+"""Train stage: one architecture from the zoo on the train split, early-stopped on val.
+
+Writes models/<arch>/ (model.keras, history.json, train_info.json) and one MLflow child run under
+the pipeline's parent run with params, per-epoch metrics and the logged model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pipelines import tracking
+from pipelines.config import Paths, load_params, project_root
+from pipelines.data import make_dataset
+from pipelines.datasets import get_adapter
+from pipelines.features import encode_metadata, metadata_layout
+from pipelines.losses import class_weights, make_loss
+from pipelines.manifest import read_labels
+from pipelines.split import read_splits
+from pipelines.zoo import build_model
+
+PIP_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "keras==3.15.1"]
+
+
+def model_inputs_info(dataset: str, use_metadata: bool) -> dict[str, Any]:
+    """How metadata is encoded for this data set (saved with the model so serving matches)."""
+    adapter = get_adapter(dataset)
+    columns = list(adapter.metadata_columns) if use_metadata else []
+    values = {k: list(v) for k, v in adapter.categorical_values.items() if k in columns}
+    return {"metadata_columns": columns, "categorical_values": values,
+            "metadata_features": metadata_layout(columns, values)}
+
+
+def split_inputs(frame: pd.DataFrame, info: Mapping[str, Any]) -> np.ndarray | None:
+    if not info["metadata_columns"]:
+        return None
+    return encode_metadata(frame, info["metadata_columns"], info["categorical_values"])
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs every epoch's metrics and the learning rate to the active MLflow run."""
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+
+def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
+    return {f"{prefix}.{k}": str(v) for k, v in values.items()}
+
+
+def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Train `arch`, write models/<arch>/, log to MLflow; returns train_info."""
+    tp, dataset = params["train"], params["dataset"]["name"]
+    spec = params["zoo"][arch]
+    keras.utils.set_random_seed(int(tp["seed"]))
+    classes = read_labels(paths.labels)
+    frames = read_splits(paths)
+    info = model_inputs_info(dataset, bool(tp["use_metadata"]))
+    size, batch = int(tp["image_size"]), int(tp["batch_size"])
+
+    def dataset_for(split: str, training: bool):
+        return make_dataset(frames[split], paths.root, classes, size, batch,
+                            metadata=split_inputs(frames[split], info), training=training,
+                            augment=params["augment"] if training else None, seed=int(tp["seed"]))
+
+    train_ds, val_ds = dataset_for("train", True), dataset_for("val", False)
+    y_train = frames["train"]["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    weights = class_weights(y_train, len(classes)) if tp["class_weighting"] else None
+
+    model = build_model(spec, (size, size, 3), len(classes), len(info["metadata_features"]))
+    model.compile(optimizer=keras.optimizers.Adam(float(tp["learning_rate"])),
+                  loss=make_loss(tp["loss"], gamma=float(tp.get("focal_gamma", 2.0))),
+                  metrics=["accuracy"])
+
+    experiment = tracking.configure(paths, dataset)
+    key = f"{dataset}-{tracking.file_digest(paths.splits)}"
+    parent = tracking.parent_run_id(experiment, key, run_name=f"pipeline {key}")
+    out = paths.model_dir(arch)
+    out.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run(experiment_id=experiment, run_name=arch, parent_run_id=parent) as run:
+        mlflow.set_tags({"medscan.arch": arch, "medscan.builder": spec["builder"],
+                         "medscan.dataset": dataset})
+        mlflow.log_params({**flat_params("train", tp), **flat_params("augment", params["augment"]),
+                           **flat_params("zoo", spec), "dataset": dataset, "arch": arch,
+                           **{f"split.{k}_size": len(v) for k, v in frames.items()},
+                           "num_classes": len(classes), "params_count": model.count_params()})
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(tp["early_stopping_patience"]),
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=float(tp["reduce_lr_factor"]),
+                                              patience=int(tp["reduce_lr_patience"]), min_lr=1e-6),
+            MlflowEpochLogger(),
+        ]
+        started = time.perf_counter()
+        history = model.fit(train_ds, validation_data=val_ds, epochs=int(tp["epochs"]),
+                            class_weight=weights, callbacks=callbacks, verbose=2)
+        seconds = time.perf_counter() - started
+        hist = {k: [float(x) for x in v] for k, v in history.history.items()}
+        best_epoch = int(np.argmin(hist["val_loss"])) if hist.get("val_loss") else len(hist["loss"]) - 1
+        train_info = {
+            "arch": arch, "builder": spec["builder"], "spec": dict(spec), "dataset": dataset,
+            "classes": classes, "image_size": size, **info,
+            "run_id": run.info.run_id, "parent_run_id": parent,
+            "train_seconds": round(seconds, 2), "epochs_run": len(hist["loss"]),
+            "best_epoch": best_epoch + 1, "class_weights": {classes[k]: v for k, v in (weights or {}).items()},
+            "split_sizes": {k: len(v) for k, v in frames.items()},
+        }
+        model.save(out / "model.keras")
+        (out / "history.json").write_text(json.dumps(hist, indent=1) + "\n", encoding="utf-8")
+        (out / "train_info.json").write_text(json.dumps(train_info, indent=2) + "\n", encoding="utf-8")
+        mlflow.log_metrics({"train_seconds": seconds, "epochs_run": len(hist["loss"])})
+        mlflow.log_artifact(str(out / "train_info.json"), artifact_path="medscan")
+        mlflow.log_artifact(str(out / "history.json"), artifact_path="medscan")
+        mlflow.tensorflow.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS)
+    return train_info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train one architecture (params.yaml zoo entry).")
+    parser.add_argument("--arch", required=True)
+    args = parser.parse_args(argv)
+    root = project_root()
+    info = train(args.arch, Paths(root), load_params(root))
+    print(f"trained {args.arch}: {info['epochs_run']} epochs in {info['train_seconds']} s "
+          f"(run {info['run_id']})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
