@@ -63,8 +63,9 @@ class Paths:
         return self.reports / "split_report.json"
 
     @property
-    def compare_md(self) -> Path:
-        return self.reports / "compare.md"
+    def compare_dir(self) -> Path:
+        """compare.md / compare.html / compare.json: the side-by-side report."""
+        return self.reports / "compare"
 
     @property
     def promotion(self) -> Path:

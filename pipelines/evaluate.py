@@ -63,6 +63,8 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     ep = params["evaluate"]
     model, info = load_bundle(paths.model_dir(arch))
     classes = info["classes"]
+    # Profile first: Grad-CAM's sub-model adds graph nodes that make the model unsaveable.
+    profile = profile_model(model, metadata_dim=len(info.get("metadata_features", [])))
     frames = read_splits(paths)
     test = frames["test"]
     probs = predict_frame(model, info, test, paths.root)
@@ -87,7 +89,6 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     render_gradcam(model, info, sample, paths.root, probs[test.index.get_indexer(sample.index)],
                    plots / "gradcam.png")
 
-    profile = profile_model(model, metadata_dim=len(info.get("metadata_features", [])))
     report = {
         "arch": arch, "dataset": info["dataset"], "builder": info["builder"],
         "test": results, "baseline": baseline, "subgroups": subgroups, "profile": profile,
@@ -102,7 +103,7 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     with mlflow.start_run(run_id=info["run_id"]):
         mlflow.log_metrics({**flatten_for_logging(results),
                             **flatten_for_logging(baseline, prefix="baseline_"),
-                            **{f"profile_{k}": float(v) for k, v in profile.items()}})
+                            **{f"profile_{k}": float(v) for k, v in profile.items() if isinstance(v, (int, float))}})
         mlflow.log_artifacts(str(plots), artifact_path="plots")
         mlflow.log_artifact(str(out), artifact_path="medscan")
     return report

@@ -17,12 +17,13 @@ import pandas as pd
 
 from pipelines.data import make_dataset
 from pipelines.features import encode_metadata
+from pipelines.zoo import load_model
 
 
 def load_bundle(model_dir: Path) -> tuple[keras.Model, dict[str, Any]]:
     """A model directory (models/<arch>/ or a downloaded MLflow artifact) -> (model, train_info)."""
     info = json.loads((model_dir / "train_info.json").read_text(encoding="utf-8"))
-    return keras.models.load_model(model_dir / "model.keras"), info
+    return load_model(model_dir / "model.keras", compile=False), info
 
 
 def metadata_for(frame: pd.DataFrame, info: Mapping[str, Any]) -> np.ndarray | None:

@@ -94,8 +94,10 @@ def champion_score(name: str, paths: Paths, metric: str, classes: list[str],
 def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     pp, dataset = params["promote"], params["dataset"]["name"]
     metric = pp["metric"]
-    compare = json.loads((paths.reports / "compare" / "compare.json").read_text(encoding="utf-8"))
+    compare = json.loads((paths.compare_dir / "compare.json").read_text(encoding="utf-8"))
     best = compare["best"]
+    if best is None:
+        raise SystemExit(f"no architecture has a test {metric}: nothing to promote (see compare.json)")
     report = json.loads(paths.metrics_file(best).read_text(encoding="utf-8"))
     info = json.loads((paths.model_dir(best) / "train_info.json").read_text(encoding="utf-8"))
     candidate = float(report["test"][metric])
@@ -134,7 +136,7 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         mlflow.set_tags({"medscan.blessed": str(decision.blessed).lower(),
                          "medscan.candidate": f"{name}/{version.version}"})
         mlflow.log_artifact(str(paths.promotion), artifact_path="medscan")
-        mlflow.log_artifacts(str(paths.reports / "compare"), artifact_path="compare")
+        mlflow.log_artifacts(str(paths.compare_dir), artifact_path="compare")
     return outcome
 
 

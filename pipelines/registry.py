@@ -88,7 +88,10 @@ def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]
     with tempfile.TemporaryDirectory() as tmp:
         info_path = mlflow.artifacts.download_artifacts(
             run_id=version.run_id, artifact_path="medscan/train_info.json", dst_path=tmp)
-        model = mlflow.tensorflow.load_model(f"models:/{name}/{version.version}")
+        import pipelines.zoo  # noqa: F401  (registers the zoo's custom layers for deserialisation)
+
+        model = mlflow.tensorflow.load_model(f"models:/{name}/{version.version}",
+                                             keras_model_kwargs={"compile": False})
         info = json.loads(Path(info_path).read_text(encoding="utf-8"))
     return model, info
 

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 
 from pipelines import registry, tracking
 from pipelines.config import Paths, load_params, project_root
-from pipelines.images import ImageError, normalize_image
+from pipelines.images import ImageLimits, ImageRejected, normalize_image
 from pipelines.inference import metadata_for, top_k
 
 
@@ -51,11 +51,11 @@ class Predictor:
         with tempfile.TemporaryDirectory() as tmp:
             for raw in images:
                 try:
-                    stored = normalize_image(raw, Path(tmp), store_max_side=512)
-                except ImageError as err:
-                    results.append({"error": err.reason, "detail": str(err)})
+                    stored = normalize_image(raw, Path(tmp), ImageLimits(store_max_side=512))
+                except ImageRejected as err:
+                    results.append({"error": str(err.reason), "detail": err.detail})
                     continue
-                pixels = decode_image(str(stored.path), int(self.info["image_size"])).numpy()[None]
+                pixels = decode_image(str(stored.stored_path), int(self.info["image_size"])).numpy()[None]
                 inputs: dict[str, np.ndarray] = {"image": pixels.astype(np.float32)}
                 meta = metadata_for(pd.DataFrame([dict(metadata or {})]), self.info)
                 if meta is not None:

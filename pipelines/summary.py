@@ -8,7 +8,7 @@ from pipelines.config import Paths, load_params, project_root
 
 def summary(paths: Paths) -> str:
     promotion = json.loads(paths.promotion.read_text(encoding="utf-8"))
-    compare = json.loads((paths.reports / "compare" / "compare.json").read_text(encoding="utf-8"))
+    compare = json.loads((paths.compare_dir / "compare.json").read_text(encoding="utf-8"))
     split = json.loads(paths.split_report.read_text(encoding="utf-8"))
     metric = promotion["metric"]
     lines = [
@@ -31,7 +31,7 @@ def summary(paths: Paths) -> str:
     lines += [
         f"    {'majority-class baseline':<24} accuracy {baseline['accuracy']:.3f}  balanced accuracy "
         f"{baseline['balanced_accuracy']:.3f}",
-        f"  comparison report: {paths.reports / 'compare' / 'compare.html'}",
+        f"  comparison report: {paths.compare_dir / 'compare.html'}",
         f"  data validation:   {paths.data_docs} (Great Expectations Data Docs), quarantine: {paths.quarantine}",
         f"  MLflow UI:         make mlflow-ui   (or: .venv/bin/mlflow ui --backend-store-uri sqlite:///{paths.mlflow_db})",
         f"  predict:           .venv/bin/python -m pipelines.serve IMAGE.jpg   (top-5 from the champion)",

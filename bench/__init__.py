@@ -1,0 +1,1 @@
+"""Benchmarks on ../shared/data; results go to bench/results/ (markdown + json)."""

@@ -1,0 +1,85 @@
+"""Train and compare architectures on a real data set copy with the unchanged pipeline.
+
+Runs `dvc repro` in a throw-away project copy whose params point at ../shared/data/<dataset>,
+then copies the comparison report and the promotion outcome into bench/results/. Image size and
+epochs are reduced to fit 2 CPU cores; the report header says which.
+
+    python -m bench.compare_real malaria --image-size 64 --epochs 12 --archs malaria_cnn cnn_medium cnn_small
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+from tests.conftest import SHARED_DATA, copy_project, venv_env  # noqa: E402
+
+RESULTS = PROJECT / "bench" / "results"
+
+
+def configure(root: Path, dataset: str, image_size: int, epochs: int, archs: list[str],
+              extra_zoo: dict | None) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dataset"] = {"name": dataset, "root": str(SHARED_DATA / dataset)}
+    params["train"].update({"image_size": image_size, "epochs": epochs})
+    params["architectures"] = archs
+    params["zoo"].update(extra_zoo or {})
+    params["demo"]["images_per_class"] = 5  # the demo stage still runs; keep it negligible
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(dataset: str, image_size: int, epochs: int, archs: list[str], workdir: Path) -> dict:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    root = copy_project(workdir)
+    configure(root, dataset, image_size, epochs, archs, None)
+    started = time.perf_counter()
+    log = RESULTS / f"compare_{dataset}.log"
+    with open(log, "w") as fh:
+        done = subprocess.run(["dvc", "repro"], cwd=root, env=venv_env(root), stdout=fh,
+                              stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"dvc repro failed for {dataset}: see {log}")
+    shutil.copy(root / "reports" / "compare" / "compare.md", RESULTS / f"compare_{dataset}.md")
+    promotion = json.loads((root / "reports" / "promotion.json").read_text())
+    split = json.loads((root / "reports" / "split_report.json").read_text())
+    summary = {"dataset": dataset, "image_size": image_size, "max_epochs": epochs, "archs": archs,
+               "wall_seconds": round(wall, 1), "split": split["sizes"],
+               "overlapping_groups": split["overlapping_groups"],
+               "best": promotion["candidate_arch"], "metric": promotion["metric"],
+               "best_score": promotion["candidate_score"],
+               "test": {a: json.loads((root / "metrics" / f"{a}.json").read_text())["test"] for a in archs}}
+    (RESULTS / f"compare_{dataset}.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=("malaria", "ham10000", "dermnet"))
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--archs", nargs="+", default=["cnn_small", "cnn_medium", "malaria_cnn"])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/medscan-bench"))
+    args = parser.parse_args()
+    if not (SHARED_DATA / args.dataset).exists():
+        raise SystemExit(f"{SHARED_DATA / args.dataset} is absent: nothing to benchmark")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    s = run(args.dataset, args.image_size, args.epochs, args.archs, args.workdir / args.dataset)
+    for arch, t in s["test"].items():
+        print(f"{args.dataset} {arch}: accuracy {t['accuracy']:.4f} balanced {t['balanced_accuracy']:.4f} "
+              f"f1_macro {t['f1_macro']:.4f} auc {t['roc_auc_macro_ovr']}")
+    print(f"wall {s['wall_seconds']} s, best {s['best']}")
+
+
+if __name__ == "__main__":
+    main()

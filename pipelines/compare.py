@@ -1,0 +1,585 @@
+"""The `compare` stage: one report that puts every trained architecture side by side.
+
+Reads metrics/<arch>.json and plots/<arch>/*.png (written by evaluate) and writes
+reports/compare/compare.md, compare.html (self-contained: images inlined as base64) and
+compare.json (rows, ranking by params `promote.metric`, best arch) that `promote` consumes.
+Why both cost and quality columns: a clinic choosing a model trades balanced accuracy against
+latency and size, and every model must be read against the majority-class baseline.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import config
+from pipelines.metrics import json_safe
+
+REPORT_DIRNAME = "compare"
+MD_NAME, HTML_NAME, JSON_NAME = "compare.md", "compare.html", "compare.json"
+IMG_DIRNAME = "img"
+BASELINE = "majority_baseline"
+
+# (key in the test metrics, column label); "top_k_accuracy" stands for top_{k}_accuracy.
+METRICS: tuple[tuple[str, str], ...] = (
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced acc."),
+    ("precision_macro", "Precision (macro)"),
+    ("precision_weighted", "Precision (weighted)"),
+    ("recall_macro", "Recall (macro)"),
+    ("recall_weighted", "Recall (weighted)"),
+    ("f1_macro", "F1 (macro)"),
+    ("f1_weighted", "F1 (weighted)"),
+    ("mcc", "MCC"),
+    ("roc_auc_macro_ovr", "ROC-AUC (macro OvR)"),
+    ("top_k_accuracy", "Top-k acc."),
+    ("ece", "ECE (lower is better)"),
+)
+PROFILE_KEYS: tuple[str, ...] = (
+    "params", "flops", "size_mb", "latency_ms_p50", "latency_ms_p95", "throughput_ips",
+)
+TRAINING_KEYS: tuple[str, ...] = ("train_seconds", "epochs_run", "best_epoch", "image_size", "run_id")
+LOWER_IS_BETTER: frozenset[str] = frozenset({"ece"})
+PLOTS: tuple[tuple[str, str], ...] = (
+    ("learning_curves.png", "Learning curves"),
+    ("confusion_matrix.png", "Confusion matrix"),
+    ("roc.png", "ROC curves"),
+    ("reliability.png", "Reliability"),
+    ("gradcam.png", "Grad-CAM"),
+)
+SUBGROUP_FIELDS: tuple[tuple[str, str], ...] = (
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced acc."),
+    ("f1_macro", "F1 (macro)"),
+    ("roc_auc_macro_ovr", "ROC-AUC"),
+)
+_TOP_K = re.compile(r"^top_(\d+)_accuracy$")
+
+
+# ----------------------------------------------------------------------------- rows and ranking
+def _top_k(test: Mapping[str, Any]) -> int | None:
+    if isinstance(test.get("top_k"), int):
+        return int(test["top_k"])
+    for key in test:
+        match = _TOP_K.match(key)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _metric_values(test: Mapping[str, Any]) -> dict[str, Any]:
+    k = _top_k(test)
+    values = {key: test.get(key) for key, _ in METRICS if key != "top_k_accuracy"}
+    values["top_k_accuracy"] = test.get(f"top_{k}_accuracy") if k else None
+    values["top_k"] = k
+    values["n_test"] = test.get("n")
+    return values
+
+
+def _model_row(arch: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    profile = doc.get("profile") or {}
+    training = doc.get("training") or {}
+    return {
+        "arch": arch,
+        "kind": "model",
+        "builder": doc.get("builder"),
+        **{key: profile.get(key) for key in PROFILE_KEYS},
+        **{key: training.get(key) for key in TRAINING_KEYS},
+        **_metric_values(doc.get("test") or {}),
+    }
+
+
+def _baseline_row(baseline: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "arch": BASELINE,
+        "kind": "baseline",
+        "builder": None,
+        "majority_class": baseline.get("majority_class"),
+        **{key: None for key in (*PROFILE_KEYS, *TRAINING_KEYS)},
+        **_metric_values(baseline),
+    }
+
+
+def _rank_value(doc: Mapping[str, Any] | None, metric: str) -> float | None:
+    value = (doc or {}).get(metric)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def rank_architectures(
+    metrics_by_arch: Mapping[str, Mapping[str, Any]], rank_metric: str
+) -> list[dict[str, Any]]:
+    """Order archs by the test value of rank_metric: best first (descending; ascending for ECE).
+
+    Missing/undefined values rank last; ties go to fewer parameters, then lower p50 latency (the
+    cheaper model to deploy), then the name. Each entry says whether it beats the majority baseline.
+    """
+    lower = rank_metric in LOWER_IS_BETTER
+    entries = []
+    for arch, doc in metrics_by_arch.items():
+        value = _rank_value(doc.get("test"), rank_metric)
+        base = _rank_value(doc.get("baseline"), rank_metric)
+        beats = None if value is None or base is None else (value < base if lower else value > base)
+        profile = doc.get("profile") or {}
+        entries.append((arch, value, base, beats, profile.get("params"), profile.get("latency_ms_p50")))
+
+    def order(entry: tuple[Any, ...]) -> tuple[Any, ...]:
+        arch, value, _, _, params, latency = entry
+        missing = value is None
+        score = 0.0 if missing else (value if lower else -value)
+        return (missing, score, params is None, params or 0, latency is None, latency or 0.0, arch)
+
+    return [
+        {"rank": i + 1, "arch": arch, "value": value, "baseline_value": base, "beats_baseline": beats}
+        for i, (arch, value, base, beats, _, _) in enumerate(sorted(entries, key=order))
+    ]
+
+
+# ----------------------------------------------------------------------------- formatting
+def _fmt_metric(value: Any) -> str:
+    return "—" if value is None else f"{float(value):.3f}"
+
+
+def _fmt_int(value: Any) -> str:
+    return "—" if value is None else f"{int(value):,}"
+
+
+def _fmt_flops(value: Any) -> str:
+    if value is None:
+        return "—"
+    v = float(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f} {unit}"
+    return f"{v:.0f}"
+
+
+def _fmt_float(digits: int) -> Any:
+    return lambda value: "—" if value is None else f"{float(value):.{digits}f}"
+
+
+def _fmt_duration(value: Any) -> str:
+    if value is None:
+        return "—"
+    s = float(value)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(round(s % 60)):02d} s"
+    return f"{int(s // 3600)} h {int(round((s % 3600) / 60)):02d} min"
+
+
+def _fmt_epochs(row: Mapping[str, Any]) -> str:
+    if row.get("epochs_run") is None:
+        return "—"
+    best = row.get("best_epoch")
+    return f"{row['epochs_run']}" + (f" (best {best})" if best is not None else "")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "arch"
+
+
+# ----------------------------------------------------------------------------- document model
+@dataclass
+class Table:
+    """A table rendered to both Markdown and HTML; `bold` holds (row, col) cells to emphasise."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass
+class Images:
+    """Plots of one arch: (title, path relative to the report, absolute source or None)."""
+
+    items: list[tuple[str, str, Path | None]]
+
+
+Block = tuple[str, Any]  # ("h1"|"h2"|"h3"|"p", text) | ("table", Table) | ("images", Images)
+
+
+def _summary_table(
+    rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None,
+    ranking: Sequence[Mapping[str, Any]], rank_metric: str,
+) -> Table:
+    k = next((r["top_k"] for r in rows if r.get("top_k")), None)
+    metric_labels = [
+        (key, f"Top-{k} acc." if key == "top_k_accuracy" and k else label) for key, label in METRICS
+    ]
+    metric_labels = [(key, label + (" ★" if key == rank_metric else "")) for key, label in metric_labels]
+    headers = [
+        "Rank", "Architecture", "Builder", "Params", "FLOPs", "Size (MB)",
+        "Latency p50 (ms, batch 1)", "Latency p95 (ms, batch 1)", "Throughput (img/s, batch 32)",
+        "Train time", "Epochs", *[label for _, label in metric_labels],
+    ]
+    rank_of = {r["arch"]: r["rank"] for r in ranking}
+    ordered = sorted(rows, key=lambda r: rank_of.get(r["arch"], len(rank_of) + 1))
+    table_rows: list[list[str]] = []
+    for row in ordered:
+        table_rows.append([
+            str(rank_of.get(row["arch"], "—")), row["arch"], row.get("builder") or "—",
+            _fmt_int(row.get("params")), _fmt_flops(row.get("flops")), _fmt_float(2)(row.get("size_mb")),
+            _fmt_float(2)(row.get("latency_ms_p50")), _fmt_float(2)(row.get("latency_ms_p95")),
+            _fmt_float(1)(row.get("throughput_ips")), _fmt_duration(row.get("train_seconds")),
+            _fmt_epochs(row), *[_fmt_metric(row.get(key)) for key, _ in metric_labels],
+        ])
+    if baseline is not None:
+        label = f"majority baseline ({baseline.get('majority_class') or '?'})"
+        table_rows.append(
+            ["—", label, "always predicts the training majority class", *["—"] * 8,
+             *[_fmt_metric(baseline.get(key)) for key, _ in metric_labels]]
+        )
+    bold: set[tuple[int, int]] = set()
+    first_metric_col = len(headers) - len(metric_labels)
+    for j, (key, _) in enumerate(metric_labels):
+        values = [(i, float(r[key])) for i, r in enumerate(ordered) if r.get(key) is not None]
+        if values:
+            pick = min if key in LOWER_IS_BETTER else max
+            best = pick(v for _, v in values)
+            bold.update((i, first_metric_col + j) for i, v in values if v == best)
+    return Table(headers, table_rows, bold)
+
+
+def _per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> Table:
+    rows = [
+        [name, _fmt_int(stats.get("support")), _fmt_metric(stats.get("sensitivity")),
+         _fmt_metric(stats.get("specificity")), _fmt_metric(stats.get("precision")),
+         _fmt_metric(stats.get("f1"))]
+        for name, stats in per_class.items()
+    ]
+    return Table(["Class", "Support", "Sensitivity", "Specificity", "Precision", "F1"], rows)
+
+
+def _sensitivity_overview(
+    metrics_by_arch: Mapping[str, Mapping[str, Any]], archs: Sequence[str]
+) -> Table | None:
+    classes: list[str] = []
+    for arch in archs:
+        for name in ((metrics_by_arch[arch].get("test") or {}).get("per_class") or {}):
+            if name not in classes:
+                classes.append(name)
+    if not classes:
+        return None
+    rows = []
+    for name in classes:
+        cells = [name]
+        for arch in archs:
+            stats = ((metrics_by_arch[arch].get("test") or {}).get("per_class") or {}).get(name)
+            cells.append("—" if stats is None else
+                         f"{_fmt_metric(stats.get('sensitivity'))} / {_fmt_metric(stats.get('specificity'))}")
+        rows.append(cells)
+    return Table(["Class", *[f"{a} (sens. / spec.)" for a in archs]], rows)
+
+
+def _subgroup_tables(subgroups: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[tuple[str, Table]]:
+    tables = []
+    for column, groups in subgroups.items():
+        rows = [
+            [str(value), _fmt_int(stats.get("n")),
+             *[_fmt_metric(stats.get(key)) if key in stats else "n too small" for key, _ in SUBGROUP_FIELDS]]
+            for value, stats in groups.items()
+        ]
+        tables.append((column, Table(["Group", "n", *[label for _, label in SUBGROUP_FIELDS]], rows)))
+    return tables
+
+
+# ----------------------------------------------------------------------------- renderers
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _render_md(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for kind, body in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + body)
+        elif kind == "p":
+            out.append(body)
+        elif kind == "table":
+            out.append("| " + " | ".join(_md_cell(h) for h in body.headers) + " |")
+            out.append("|" + "|".join("---" for _ in body.headers) + "|")
+            for i, row in enumerate(body.rows):
+                cells = [
+                    f"**{_md_cell(c)}**" if (i, j) in body.bold and c != "—" else _md_cell(c)
+                    for j, c in enumerate(row)
+                ]
+                out.append("| " + " | ".join(cells) + " |")
+        elif kind == "images":
+            for title, rel, src in body.items:
+                out.append(f"**{title}**\n\n" + (f"![{title}]({rel})" if src else "_not produced_") + "\n")
+        out.append("")
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn the Markdown **bold** and `code` the paragraphs use into HTML."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;
+padding:0 1rem;color:#1d2330;line-height:1.45}
+h1{border-bottom:2px solid #345;padding-bottom:.3rem}h2{margin-top:2.2rem;border-bottom:1px solid #ccd}
+.scroll{overflow-x:auto}table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.86rem}
+th,td{border:1px solid #ccd;padding:.3rem .5rem;text-align:right;white-space:nowrap}
+th{background:#eef1f6;position:sticky;top:0}td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}
+tr:nth-child(even) td{background:#fafbfd}tr.baseline td{background:#fff6e5;font-style:italic}
+strong{color:#0b5d1e}.plots{display:flex;flex-wrap:wrap;gap:1rem}
+figure{margin:0;border:1px solid #dde;padding:.4rem;background:#fff}
+figcaption{font-weight:600;margin-bottom:.3rem}
+figure img{max-width:640px;height:auto;display:block}.missing{color:#a33;font-style:italic}
+"""
+
+
+def _render_html(blocks: Sequence[Block], title: str) -> str:
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+    ]
+    for kind, body in blocks:
+        if kind in ("h1", "h2", "h3"):
+            anchor = _slug(body.lower())
+            parts.append(f'<{kind} id="{anchor}">{html.escape(body)}</{kind}>')
+        elif kind == "p":
+            parts.append(f"<p>{_inline(body)}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in body.headers)
+            rows = []
+            for i, row in enumerate(body.rows):
+                cells = "".join(
+                    f"<td><strong>{html.escape(c)}</strong></td>" if (i, j) in body.bold and c != "—"
+                    else f"<td>{html.escape(c)}</td>"
+                    for j, c in enumerate(row)
+                )
+                css = ' class="baseline"' if row and row[1].startswith("majority baseline") else ""
+                rows.append(f"<tr{css}>{cells}</tr>")
+            parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+                         f"<tbody>{''.join(rows)}</tbody></table></div>")
+        elif kind == "images":
+            figures = []
+            for title_, _, src in body.items:
+                if src is None:
+                    figures.append(f'<figure><figcaption>{html.escape(title_)}</figcaption>'
+                                   '<span class="missing">not produced</span></figure>')
+                    continue
+                data = base64.b64encode(src.read_bytes()).decode("ascii")
+                figures.append(f"<figure><figcaption>{html.escape(title_)}</figcaption>"
+                               f'<img alt="{html.escape(title_)}" src="data:image/png;base64,{data}">'
+                               "</figure>")
+            parts.append(f'<div class="plots">{"".join(figures)}</div>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------- report
+def _split_sizes_from(metrics_by_arch: Mapping[str, Mapping[str, Any]]) -> dict[str, int] | None:
+    for doc in metrics_by_arch.values():
+        sizes = (doc.get("training") or {}).get("split_sizes") or doc.get("split_sizes")
+        if isinstance(sizes, Mapping) and sizes:
+            return {str(k): int(v) for k, v in sizes.items() if v is not None}
+    return None
+
+
+def _copy_plots(plots_root: Path, out_dir: Path, archs: Sequence[str]) -> dict[str, Images]:
+    """Copy each arch's PNGs into out_dir/img/<arch>/ so the Markdown report is self-contained too."""
+    img_root = out_dir / IMG_DIRNAME
+    if img_root.exists():
+        shutil.rmtree(img_root)  # stale images of archs no longer compared must not linger
+    images: dict[str, Images] = {}
+    for arch in archs:
+        items: list[tuple[str, str, Path | None]] = []
+        for filename, title in PLOTS:
+            src = plots_root / arch / filename
+            rel = f"{IMG_DIRNAME}/{_slug(arch)}/{filename}"
+            if src.is_file():
+                dst = out_dir / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                items.append((title, rel, dst))
+            else:
+                items.append((title, rel, None))
+        images[arch] = Images(items)
+    return images
+
+
+def build_report(
+    metrics_by_arch: dict[str, dict],
+    plots_root: Path,
+    out_dir: Path,
+    rank_metric: str,
+    *,
+    split_sizes: Mapping[str, int] | None = None,
+) -> dict:
+    """Write compare.md/.html/.json into out_dir and return the compare.json content.
+
+    metrics_by_arch: arch -> the evaluate stage's metrics/<arch>.json (order kept for display).
+    plots_root: folder holding <arch>/<plot>.png. split_sizes: {"train", "val", "test"} counts for
+    the header; defaults to `training.split_sizes` (or top-level `split_sizes`) in the metrics JSON,
+    else only the test n is known.
+    Returned/written keys: dataset, split_sizes, test_n, rank_metric, higher_is_better, rows (one per
+    arch), baseline (row), ranking (arch names, best first), ranking_detail (rank, arch, value,
+    baseline_value, beats_baseline), best (None if no arch has a value), per_class, subgroups,
+    plots, warnings.
+    """
+    if not metrics_by_arch:
+        raise ValueError("no architectures to compare")
+    archs = list(metrics_by_arch)
+    known: set[str] = set()
+    for doc in metrics_by_arch.values():
+        known.update(k for k, v in (doc.get("test") or {}).items() if not isinstance(v, (dict, list)))
+    if rank_metric not in known:
+        raise ValueError(f"rank metric {rank_metric!r} is not a test metric; known: {sorted(known)}")
+    higher_is_better = rank_metric not in LOWER_IS_BETTER
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rows = [_model_row(arch, metrics_by_arch[arch]) for arch in archs]
+    ranking = rank_architectures(metrics_by_arch, rank_metric)
+    rank_of = {r["arch"]: r for r in ranking}
+    for row in rows:
+        row["rank"] = rank_of[row["arch"]]["rank"]
+        row["rank_value"] = rank_of[row["arch"]]["value"]
+    best = ranking[0]["arch"] if ranking and ranking[0]["value"] is not None else None
+    baseline_doc = next((d["baseline"] for d in metrics_by_arch.values() if d.get("baseline")), None)
+    baseline = _baseline_row(baseline_doc) if baseline_doc else None
+    datasets = sorted({str(d.get("dataset")) for d in metrics_by_arch.values() if d.get("dataset")})
+    dataset = ", ".join(datasets) if datasets else "unknown"
+    sizes = dict(split_sizes) if split_sizes else _split_sizes_from(metrics_by_arch)
+    test_ns = sorted({r["n_test"] for r in rows if r.get("n_test") is not None})
+
+    warnings: list[str] = []
+    if len(datasets) > 1:
+        warnings.append(f"The architectures were evaluated on different data sets ({dataset}).")
+    if len(test_ns) > 1:
+        warnings.append(f"Test-split sizes differ between architectures ({test_ns}): numbers are "
+                        "not directly comparable.")
+    losers = [r["arch"] for r in ranking if r["beats_baseline"] is False]
+    if losers:
+        warnings.append(f"Not better than the majority baseline on `{rank_metric}`: {', '.join(losers)}.")
+    images = _copy_plots(Path(plots_root), out_dir, archs)
+    missing = [
+        f"{a}/{rel.rsplit('/', 1)[-1]}" for a in archs for _, rel, src in images[a].items if src is None
+    ]
+    if missing:
+        warnings.append(f"Plots not produced: {', '.join(missing)}.")
+
+    # --- header
+    title = f"Medscan model comparison: {dataset}"
+    if sizes:
+        split_text = ", ".join(f"{k} {v:,}" for k, v in sizes.items()) + " images"
+    else:
+        split_text = "train/val sizes not recorded; test " + (
+            ", ".join(f"{n:,}" for n in test_ns) if test_ns else "unknown") + " images"
+    direction = "higher is better" if higher_is_better else "lower is better"
+    blocks: list[Block] = [
+        ("h1", title),
+        ("p", f"**Data set:** `{dataset}`. **Split sizes:** {split_text}. All numbers are computed "
+              f"on the **held-out test split** (n = {', '.join(str(n) for n in test_ns) or '?'}), "
+              "which played no part in training, early stopping or model selection."),
+        ("p", f"**Ranking metric:** `{rank_metric}` ({direction}, params `promote.metric`). "
+              + (f"**Best: `{best}`** ({_fmt_metric(rank_of[best]['value'])}"
+                 + (f"; majority baseline {_fmt_metric(rank_of[best]['baseline_value'])}"
+                    if rank_of[best]["baseline_value"] is not None else "") + ")."
+                 if best else "**No architecture has a value for it.**")),
+        ("p", "Diagnostic-support research output, not a validated medical device: per-class "
+              "sensitivity and subgroup results below matter more than any single summary number."),
+    ]
+    for text in warnings:
+        blocks.append(("p", f"**Warning:** {text}"))
+
+    # --- summary, per class, subgroups, plots
+    blocks.append(("h2", "Summary"))
+    blocks.append(("p", "One row per architecture, best first; the majority-class baseline is the "
+                        "floor every model must clear. Best value per metric in bold; ★ = ranking "
+                        "metric. Latency is single-image (batch 1), throughput at batch 32."))
+    blocks.append(("table", _summary_table(rows, baseline, ranking, rank_metric)))
+    overview = _sensitivity_overview(metrics_by_arch, archs)
+    if overview is not None:
+        blocks.append(("h2", "Sensitivity / specificity by class"))
+        blocks.append(("table", overview))
+    for arch in [r["arch"] for r in ranking]:
+        doc = metrics_by_arch[arch]
+        row = rank_of[arch]
+        blocks.append(("h2", f"{row['rank']}. {arch}"))
+        training = doc.get("training") or {}
+        details = [f"builder `{doc.get('builder') or '?'}`"]
+        if training.get("image_size") is not None:
+            details.append(f"image size {training['image_size']}")
+        if training.get("run_id"):
+            details.append(f"MLflow run `{training['run_id']}`")
+        blocks.append(("p", ", ".join(details) + "."))
+        per_class = (doc.get("test") or {}).get("per_class")
+        if per_class:
+            blocks.append(("h3", f"{arch}: per-class results"))
+            blocks.append(("table", _per_class_table(per_class)))
+        subgroups = doc.get("subgroups") or {}
+        if subgroups:
+            blocks.append(("h3", f"{arch}: subgroups"))
+            blocks.append(("p", "Groups too small for stable estimates report their size only."))
+            for column, table in _subgroup_tables(subgroups):
+                blocks.append(("p", f"**{column}**"))
+                blocks.append(("table", table))
+        blocks.append(("h3", f"{arch}: plots"))
+        blocks.append(("images", images[arch]))
+
+    (out_dir / MD_NAME).write_text(_render_md(blocks), encoding="utf-8")
+    (out_dir / HTML_NAME).write_text(_render_html(blocks, title), encoding="utf-8")
+    result = json_safe({
+        "dataset": dataset,
+        "split_sizes": sizes,
+        "test_n": test_ns[0] if len(test_ns) == 1 else test_ns,
+        "rank_metric": rank_metric,
+        "higher_is_better": higher_is_better,
+        "rows": rows,
+        "baseline": baseline,
+        "ranking": [r["arch"] for r in ranking],  # arch names, best first (summary/promote read this)
+        "ranking_detail": ranking,
+        "best": best,
+        "per_class": {a: (metrics_by_arch[a].get("test") or {}).get("per_class") for a in archs},
+        "subgroups": {a: metrics_by_arch[a].get("subgroups") or {} for a in archs},
+        "plots": {a: {Path(rel).stem: (rel if src else None) for _, rel, src in images[a].items}
+                  for a in archs},
+        "warnings": warnings,
+    })
+    (out_dir / JSON_NAME).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n",
+                                     encoding="utf-8")
+    return result
+
+
+def main() -> None:
+    """DVC entry point: compare the archs listed in params `architectures`."""
+    params = config.load_params()
+    paths = config.Paths(config.project_root())
+    archs = list(params.get("architectures") or [])
+    if not archs:
+        raise ValueError("params.yaml lists no `architectures` to compare")
+    metrics_by_arch: dict[str, dict] = {}
+    for arch in archs:
+        path = paths.metrics_file(arch)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing: run `dvc repro evaluate@{arch}` first")
+        metrics_by_arch[arch] = json.loads(path.read_text(encoding="utf-8"))
+    out_dir = paths.reports / REPORT_DIRNAME
+    # Split sizes come from the metrics JSON (training.split_sizes), a declared dependency.
+    result = build_report(
+        metrics_by_arch, paths.plots_dir(archs[0]).parent, out_dir, params["promote"]["metric"]
+    )
+    print(f"compare: {len(archs)} architectures, ranked by {result['rank_metric']}; "
+          f"best = {result['best']}; report in {out_dir / MD_NAME}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The whole pipeline through real DVC, TensorFlow and MLflow on tiny generated data.
+
+One temporary project copy: `dvc repro` runs every stage and ends with a registered champion that
+carries its lineage; a second `dvc repro` does nothing; a changed training param reruns only
+train and what follows.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, venv_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TINY = {
+    "demo": {"images_per_class": 12, "image_size": 24},
+    "train": {"image_size": 24, "epochs": 1, "batch_size": 16},
+    "validate": {"min_images_per_class": 2},
+    "evaluate": {"gradcam_per_class": 1},
+    "promote": {"floor": 0.0},
+    "architectures": ["cnn_small", "cnn_medium"],
+}
+
+
+def tiny_params(root, overrides=TINY) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dvc(root, *args: str) -> str:
+    done = subprocess.run(["dvc", *args], cwd=root, env=venv_env(root), capture_output=True, text=True)
+    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = copy_project(tmp_path_factory.mktemp("medscan"))
+    tiny_params(root)
+    dvc(root, "repro")
+    return root
+
+
+def test_repro_registers_a_champion_with_lineage(project):
+    import mlflow
+    from mlflow import MlflowClient
+
+    outcome = json.loads((project / "reports" / "promotion.json").read_text())
+    assert outcome["blessed"] == 1 and outcome["champion_after"] == outcome["candidate_version"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("medscan-ham10000", "champion")
+    assert str(champion.version) == str(outcome["candidate_version"])
+    tags = champion.tags
+    assert len(tags["medscan.git_commit"].split("+")[0]) == 40
+    assert tags["medscan.dvc_md5.data/images"].endswith(".dir")
+    assert tags["medscan.dataset"] == "ham10000" and tags["medscan.blessed"] == "true"
+    assert json.loads(tags["medscan.split_sizes"])["test"] > 0
+    runs = mlflow.search_runs(experiment_names=["medscan-ham10000"], output_format="list")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert {r.data.tags["medscan.arch"] for r in children} == {"cnn_small", "cnn_medium"}
+    assert all("test_balanced_accuracy" in r.data.metrics for r in children)
+
+
+def test_reports_and_quarantine_are_written(project):
+    for rel in ("reports/validation.json", "reports/split_report.json", "reports/compare/compare.md",
+                "reports/compare/compare.html", "metrics/cnn_small.json", "plots/cnn_small/gradcam.png",
+                "data/quarantine.csv", "reports/data_docs"):
+        assert (project / rel).exists(), rel
+    assert json.loads((project / "reports/split_report.json").read_text())["overlapping_groups"] == 0
+
+
+def test_second_repro_is_a_no_op(project):
+    out = dvc(project, "repro")
+    assert "Running stage" not in out
+    assert "up to date" in dvc(project, "status")
+
+
+def test_training_param_reruns_only_train_and_downstream(project):
+    tiny_params(project, {"train": {"learning_rate": 0.002}})
+    out = dvc(project, "repro", "--dry")
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert {"train@cnn_small", "train@cnn_medium"} <= ran
+    assert not ran & {"demo_data", "ingest", "validate", "split"}
