@@ -1,0 +1,111 @@
+"""Model zoo: one builder per family, all behind ``build_model(spec, input_shape, num_classes)``.
+
+A ``zoo:`` entry in params.yaml names a family (``builder``) and that family's options, which
+are exactly the keyword-only parameters of the family's ``build`` function (checked here, so a
+typo in params.yaml fails loudly instead of being ignored). Every model follows the contract in
+:mod:`pipelines.zoo.heads`: raw [0, 255] ``image`` input (+ ``metadata`` when
+``metadata_dim > 0``), preprocessing inside, ``features`` layer, float32 softmax ``probs``.
+
+Importing this package registers the custom layers (``medscan>SoftAttention``,
+``medscan>ImageNetPreprocess``), which ``keras.models.load_model`` needs; :func:`load_model`
+does that import for you.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from pipelines.zoo import alexnet, custom_cnn, googlenet, heads, keras_apps, lenet, malaria_cnn
+from pipelines.zoo.heads import (
+    ATTENTION_LAYER,
+    FEATURES_LAYER,
+    IMAGE_INPUT,
+    METADATA_INPUT,
+    PROBS_LAYER,
+    SoftAttention,
+    attention_map_model,
+    feature_extractor,
+)
+from pipelines.zoo.keras_apps import BACKBONES, ImageNetPreprocess, min_input_size
+
+Builder = Callable[..., keras.Model]
+
+BUILDERS: dict[str, Builder] = {
+    "custom_cnn": custom_cnn.build,
+    "malaria_cnn": malaria_cnn.build,
+    "lenet5": lenet.build,
+    "alexnet_small": alexnet.build,
+    "googlenet_small": googlenet.build,
+    "keras_app": keras_apps.build,
+}
+
+__all__ = [
+    "ATTENTION_LAYER",
+    "BACKBONES",
+    "BUILDERS",
+    "FEATURES_LAYER",
+    "IMAGE_INPUT",
+    "METADATA_INPUT",
+    "PROBS_LAYER",
+    "ImageNetPreprocess",
+    "SoftAttention",
+    "attention_map_model",
+    "build_model",
+    "builder_options",
+    "feature_extractor",
+    "heads",
+    "load_model",
+    "min_input_size",
+]
+
+
+def builder_options(builder: str) -> dict[str, Any]:
+    """Options a family accepts and their defaults (``inspect.Parameter.empty`` if required)."""
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown zoo builder {builder!r}; known builders: {sorted(BUILDERS)}")
+    params = inspect.signature(BUILDERS[builder]).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_model(
+    spec: Mapping[str, Any],
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    metadata_dim: int = 0,
+    *,
+    name: str | None = None,
+) -> keras.Model:
+    """Build the model a ``zoo:`` entry describes; ``name`` (e.g. the zoo key) names the model."""
+    if "builder" not in spec:
+        raise ValueError(
+            f"zoo entry needs a 'builder' key (one of {sorted(BUILDERS)}); got {dict(spec)}"
+        )
+    options = {k: v for k, v in spec.items() if k != "builder"}
+    builder = spec["builder"]
+    allowed = builder_options(builder)
+    unknown = sorted(set(options) - set(allowed) | ({"name"} & set(options)))
+    if unknown:
+        raise ValueError(
+            f"zoo builder {builder!r} does not accept option(s) {unknown}; "
+            f"allowed: {sorted(k for k in allowed if k != 'name')}"
+        )
+    missing = sorted(
+        k for k, v in allowed.items() if v is inspect.Parameter.empty and k not in options
+    )
+    if missing:
+        raise ValueError(f"zoo builder {builder!r} requires option(s) {missing}")
+    if name is not None:
+        options["name"] = name
+    return BUILDERS[builder](tuple(input_shape), int(num_classes), int(metadata_dim), **options)
+
+
+def load_model(path: str | Path, *, compile: bool = True) -> keras.Model:
+    """``keras.models.load_model`` with the zoo's layers and medscan losses registered."""
+    from pipelines import losses  # noqa: F401  (registers WeightedCategoricalCrossentropy)
+
+    return keras.models.load_model(path, compile=compile)
