@@ -91,3 +91,17 @@ def test_training_param_reruns_only_train_and_downstream(project):
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert {"train@cnn_small", "train@cnn_medium"} <= ran
     assert not ran & {"demo_data", "ingest", "validate", "split"}
+
+
+def test_champion_serves_top5_and_rejects_non_images(project, monkeypatch):
+    from pipelines.config import Paths, load_params
+    from pipelines.serve import Predictor
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    predictor = Predictor.champion(load_params(project), Paths(project))
+    image = next((project / "data" / "demo" / "ham10000" / "images").glob("*.jpg")).read_bytes()
+    good, bad = predictor.predict([image, b"this is not an image"], {"age": 55, "sex": "female"})
+    top = good["top"]
+    assert len(top) == 5 and top[0]["probability"] >= top[-1]["probability"]
+    assert {t["label"] for t in top} <= set(json.loads((project / "data/labels.json").read_text())["classes"])
+    assert bad["error"] == "not_an_image"
