@@ -35,7 +35,9 @@ mlflow-ui: install
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 bench: install
-	python -m bench.run_all
+	python -m bench.bench_ingest --repeat 2
+	python -m bench.compare_real malaria --image-size 64 --epochs 10 --archs malaria_cnn cnn_medium cnn_small
+	python -m bench.compare_real ham10000 --image-size 64 --epochs 12 --archs cnn_small cnn_medium cnn_medium_attention
 
 clean:
 	rm -rf data/images data/manifest.parquet data/splits.parquet models metrics plots reports mlflow.db mlartifacts

@@ -1,0 +1,344 @@
+"""The ingest stage: every candidate ends in the manifest or the quarantine, the image store equals
+the manifest, and one bad input never disturbs the rest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ingest_factories import (
+    bomb_png,
+    ham_row,
+    image_bytes,
+    truncated,
+    write,
+    write_class_folders,
+    write_ham,
+)
+from pipelines import ingest as ingest_module
+from pipelines.config import Paths
+from pipelines.ingest import IngestSummary, ingest
+from pipelines.intake import CASES_COLUMNS, ensure_intake_dir
+from pipelines.manifest import CORE_COLUMNS, read_labels, read_manifest, read_quarantine
+
+PARAMS = {"store_max_side": 32, "max_pixels": 1_000_000, "min_side": 8, "workers": 1}
+PARASITIZED = "cell_images/Parasitized"
+
+
+class Run:
+    """One ingest run into a fresh project, with its outputs read back."""
+
+    def __init__(self, summary: IngestSummary, paths: Paths) -> None:
+        self.summary, self.paths = summary, paths
+        self.manifest = read_manifest(paths.manifest)
+        self.quarantine = read_quarantine(paths.quarantine)
+
+    def reasons(self) -> dict[str, str]:
+        return dict(zip(self.quarantine["source_path"], self.quarantine["reason"]))
+
+    def stored(self) -> set[str]:
+        return {p.name for p in self.paths.images.iterdir()}
+
+
+def run(
+    source: Path, project: Path, adapter: str = "malaria", intake_dir: Path | None = None, **params
+) -> Run:
+    paths = Paths(project)
+    return Run(ingest(adapter, source, paths, PARAMS | params, intake_dir), paths)
+
+
+@pytest.fixture
+def malaria(tmp_path) -> Path:
+    """Four good images, two per class: the data set every bad input is added to."""
+    write_class_folders(tmp_path / "src" / "cell_images", {"Parasitized": 2, "Uninfected": 2})
+    return tmp_path / "src"
+
+
+@pytest.fixture
+def baseline(malaria, tmp_path) -> Run:
+    return run(malaria, tmp_path / "baseline")
+
+
+def assert_rest_untouched(result: Run, baseline: Run) -> None:
+    """The four good images went through exactly as without the bad input."""
+    cols = ["image_id", "path", "source_path", "sha256", "label", "group_id", "width", "height"]
+    good = result.manifest[result.manifest["source_path"].isin(baseline.manifest["source_path"])]
+    pd.testing.assert_frame_equal(good[cols].reset_index(drop=True), baseline.manifest[cols])
+    assert not set(result.quarantine["source_path"]) & set(baseline.manifest["source_path"])
+
+
+def bad_input_run(malaria: Path, tmp_path: Path, rel: str, data: bytes, **params) -> Run:
+    write(malaria / rel, data)
+    return run(malaria, tmp_path / "project", **params)
+
+
+# ------------------------------------------------------------------ the good path
+
+
+def test_manifest_columns_paths_and_image_store(baseline):
+    m = baseline.manifest
+    assert list(m.columns) == list(CORE_COLUMNS)
+    assert len(m) == 4 and list(m["source_path"]) == sorted(m["source_path"])
+    assert all(p == f"data/images/{s}.png" for p, s in zip(m["path"], m["sha256"]))
+    assert baseline.stored() == {f"{s}.png" for s in m["sha256"]}
+    assert set(m["source"]) == {"malaria"} and set(m["group_id"]) == {"C1P1ThinF"}
+    assert read_labels(baseline.paths.labels) == ["Parasitized", "Uninfected"]
+    assert baseline.quarantine.empty
+    assert (baseline.summary.accepted, baseline.summary.quarantined, baseline.summary.candidates) == (4, 0, 4)
+
+
+def test_sha256_is_of_the_original_bytes(baseline, malaria):
+    row = baseline.manifest.iloc[0]
+    assert row["sha256"] == hashlib.sha256((malaria / row["source_path"]).read_bytes()).hexdigest()
+
+
+def test_ham_manifest_carries_metadata_but_never_dx_type(tmp_path):
+    root = write_ham(tmp_path / "ham", [ham_row(1, "mel", age=""), ham_row(2, "nv", sex="female")])
+    result = run(root, tmp_path / "project", adapter="ham10000")
+    m = result.manifest
+    assert list(m.columns) == [*CORE_COLUMNS, "age", "sex", "localization"]
+    assert m["age"].dtype == "float64" and pd.isna(m["age"].iloc[0])
+    assert list(m["sex"]) == ["male", "female"] and "dx_type" not in m.columns
+    assert read_labels(result.paths.labels) == ["mel", "nv"]  # canonical order, present classes only
+
+
+def test_labels_follow_the_adapter_order_not_discovery_order(tmp_path):
+    write_class_folders(
+        tmp_path / "src" / "train",
+        {"Tinea Ringworm Candidiasis and other Fungal Infections": 1, "Acne and Rosacea Photos": 1},
+        fmt="JPEG",
+    )
+    result = run(tmp_path / "src", tmp_path / "project", adapter="dermnet")
+    assert read_labels(result.paths.labels) == [
+        "Acne and Rosacea Photos",
+        "Tinea Ringworm Candidiasis and other Fungal Infections",
+    ]
+    assert set(result.manifest["split_hint"]) == {"train"}
+
+
+def test_stale_images_are_removed_so_the_store_equals_the_manifest(malaria, tmp_path):
+    project = tmp_path / "project"
+    write(project / "data" / "images" / ("0" * 64 + ".png"), image_bytes(50))
+    write(project / "data" / "images" / ".tmp-left-by-a-crash.png", b"x")
+    result = run(malaria, project)
+    assert result.stored() == {f"{s}.png" for s in result.manifest["sha256"]}
+
+
+def test_rerun_gives_identical_outputs(malaria, tmp_path):
+    first = run(malaria, tmp_path / "project")
+    second = run(malaria, tmp_path / "project")
+    pd.testing.assert_frame_equal(first.manifest, second.manifest)
+    assert first.stored() == second.stored()
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_worker_pool_gives_the_same_manifest_as_one_process(malaria, tmp_path, monkeypatch, start):
+    if start == "spawn":  # what ingest uses once TensorFlow is loaded (after a malaria_tfds export)
+        monkeypatch.setitem(sys.modules, "tensorflow", sys.modules.get("tensorflow", object()))
+    else:  # other tests in this session may have imported TensorFlow
+        monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    assert ingest_module._pool_context().get_start_method() == start
+    write(malaria / PARASITIZED / "broken.png", truncated(image_bytes(40, size=(64, 48))))
+    pooled = run(malaria, tmp_path / "pooled", workers=2)
+    serial = run(malaria, tmp_path / "serial", workers=1)
+    pd.testing.assert_frame_equal(pooled.manifest, serial.manifest)
+    pd.testing.assert_frame_equal(pooled.quarantine, serial.quarantine)
+    assert pooled.summary.workers == 2 and pooled.reasons() == {
+        f"{PARASITIZED}/broken.png": "truncated_image"
+    }
+
+
+def test_summary_line_reports_counts_reasons_and_speed(malaria, tmp_path):
+    write(malaria / PARASITIZED / "empty.png", b"")
+    summary = run(malaria, tmp_path / "project").summary
+    line = summary.line()
+    assert "4 accepted" in line and "1 quarantined (empty_file=1)" in line and "images/s" in line
+    assert summary.to_dict()["by_reason"] == {"empty_file": 1}
+
+
+def test_images_converted_from_other_modes_are_accepted_as_rgb(malaria, tmp_path, baseline):
+    write(malaria / PARASITIZED / "grey.png", image_bytes(60, mode="L"))
+    write(malaria / PARASITIZED / "alpha.png", image_bytes(61, mode="RGBA"))
+    write(malaria / PARASITIZED / "cmyk.jpg", image_bytes(62, "JPEG", mode="CMYK"))
+    write(malaria / PARASITIZED / "deep.png", image_bytes(63, mode="I;16"))
+    result = run(malaria, tmp_path / "project")
+    assert result.quarantine.empty and len(result.manifest) == 8
+    assert_rest_untouched(result, baseline)
+
+
+# ------------------------------------------------------------------ one bad input at a time
+
+
+def test_zero_byte_file(malaria, tmp_path, baseline):
+    result = bad_input_run(malaria, tmp_path, f"{PARASITIZED}/zero.png", b"")
+    assert result.reasons() == {f"{PARASITIZED}/zero.png": "empty_file"}
+    assert_rest_untouched(result, baseline)
+
+
+def test_truncated_jpeg(malaria, tmp_path, baseline):
+    result = bad_input_run(
+        malaria, tmp_path, f"{PARASITIZED}/cut.jpg", truncated(image_bytes(70, "JPEG", size=(64, 48)))
+    )
+    assert result.reasons() == {f"{PARASITIZED}/cut.jpg": "truncated_image"}
+    assert_rest_untouched(result, baseline)
+
+
+def test_truncated_png(malaria, tmp_path, baseline):
+    result = bad_input_run(
+        malaria, tmp_path, f"{PARASITIZED}/cut.png", truncated(image_bytes(71, size=(64, 48)))
+    )
+    assert result.reasons() == {f"{PARASITIZED}/cut.png": "truncated_image"}
+    assert_rest_untouched(result, baseline)
+
+
+def test_text_file_named_jpg(malaria, tmp_path, baseline):
+    result = bad_input_run(malaria, tmp_path, f"{PARASITIZED}/readme.jpg", b"not a picture\n")
+    assert result.reasons() == {f"{PARASITIZED}/readme.jpg": "not_an_image"}
+    assert_rest_untouched(result, baseline)
+
+
+def test_decompression_bomb_header(malaria, tmp_path, baseline):
+    result = bad_input_run(malaria, tmp_path, f"{PARASITIZED}/bomb.png", bomb_png())
+    assert result.reasons() == {f"{PARASITIZED}/bomb.png": "decompression_bomb"}
+    assert_rest_untouched(result, baseline)
+
+
+def test_image_over_the_max_pixels_param(malaria, tmp_path, baseline):
+    result = bad_input_run(
+        malaria, tmp_path, f"{PARASITIZED}/huge.png", image_bytes(72, size=(40, 30)), max_pixels=1000
+    )
+    assert result.reasons() == {f"{PARASITIZED}/huge.png": "decompression_bomb"}
+    assert_rest_untouched(result, baseline)
+
+
+def test_too_small_image(malaria, tmp_path, baseline):
+    result = bad_input_run(malaria, tmp_path, f"{PARASITIZED}/sliver.png", image_bytes(73, size=(30, 3)))
+    assert result.reasons() == {f"{PARASITIZED}/sliver.png": "too_small"}
+    assert_rest_untouched(result, baseline)
+
+
+def test_unknown_label(malaria, tmp_path, baseline):
+    result = bad_input_run(malaria, tmp_path, "cell_images/Gametocyte/g.png", image_bytes(74))
+    assert result.reasons() == {"cell_images/Gametocyte/g.png": "unknown_label"}
+    assert result.quarantine["label"].tolist() == ["Gametocyte"]
+    assert_rest_untouched(result, baseline)
+
+
+def test_same_bytes_twice_with_the_same_label_keeps_one(malaria, tmp_path, baseline):
+    copy = f"{PARASITIZED}/zz-copy.png"
+    kept = baseline.manifest["source_path"].iloc[0]
+    result = bad_input_run(malaria, tmp_path, copy, (malaria / kept).read_bytes())
+    assert result.reasons() == {copy: "duplicate"}
+    assert kept in result.quarantine["detail"].iloc[0]
+    assert_rest_untouched(result, baseline)
+
+
+def test_same_bytes_twice_with_conflicting_labels_quarantines_all_copies(malaria, tmp_path, baseline):
+    original = baseline.manifest["source_path"].iloc[0]  # a Parasitized image
+    data = (malaria / original).read_bytes()
+    result = bad_input_run(malaria, tmp_path, "cell_images/Uninfected/relabelled.png", data)
+    assert result.reasons() == {
+        original: "conflicting_duplicate",
+        "cell_images/Uninfected/relabelled.png": "conflicting_duplicate",
+    }
+    assert len(result.manifest) == 3 and original not in set(result.manifest["source_path"])
+    assert result.stored() == {f"{s}.png" for s in result.manifest["sha256"]}
+    others = baseline.manifest[baseline.manifest["source_path"] != original]
+    assert list(result.manifest["sha256"]) == list(others["sha256"])
+
+
+def test_file_names_with_spaces_and_unicode(malaria, tmp_path, baseline):
+    names = [f"{PARASITIZED}/cell with spaces.png", f"{PARASITIZED}/célula-细胞.png"]
+    for n, name in enumerate(names):
+        write(malaria / name, image_bytes(80 + n))
+    result = run(malaria, tmp_path / "project")
+    assert result.quarantine.empty and set(names) <= set(result.manifest["source_path"])
+    assert_rest_untouched(result, baseline)
+
+
+def test_missing_image_and_missing_metadata_reach_the_quarantine_file(tmp_path):
+    root = write_ham(tmp_path / "ham", [ham_row(1), ham_row(2), ham_row(3)])
+    (root / "images" / "ISIC_0000002.jpg").unlink()
+    write(root / "images" / "ISIC_0000009.jpg", image_bytes(9, "JPEG"))
+    result = run(root, tmp_path / "project", adapter="ham10000")
+    assert sorted(result.quarantine["reason"]) == ["missing_image", "missing_metadata"]
+    assert list(result.manifest["image_id"]) == ["ISIC_0000001", "ISIC_0000003"]
+
+
+def test_malformed_rows_and_latin1_csv_reach_the_quarantine_file(tmp_path):
+    root = write_ham(
+        tmp_path / "ham",
+        [ham_row(1, lesion="HAM_Zoë"), ("HAM_X", "ISIC_0000002"), ham_row(3)],
+        encoding="latin-1",
+    )
+    result = run(root, tmp_path / "project", adapter="ham10000")
+    assert sorted(result.quarantine["reason"]) == ["malformed_row", "missing_metadata", "wrong_encoding"]
+    assert list(result.manifest["group_id"]) == ["HAM_Zoë", "HAM_0000003"]
+
+
+def test_nothing_accepted_still_writes_empty_typed_outputs(tmp_path):
+    write(tmp_path / "src" / "cell_images" / "Parasitized" / "a.png", b"")
+    result = run(tmp_path / "src", tmp_path / "project")
+    assert result.manifest.empty and list(result.manifest.columns) == list(CORE_COLUMNS)
+    assert read_labels(result.paths.labels) == [] and result.stored() == set()
+
+
+# ------------------------------------------------------------------ intake cases join the data set
+
+
+def test_intake_cases_are_merged_with_their_metadata(tmp_path):
+    root = write_ham(tmp_path / "ham", [ham_row(1)])
+    intake_dir = ensure_intake_dir(tmp_path / "project" / "data" / "intake")
+    data = image_bytes(90, "JPEG")
+    sha = hashlib.sha256(data).hexdigest()
+    write(intake_dir / "images" / f"{sha}.jpg", data)
+    case = dict(
+        zip(
+            CASES_COLUMNS,
+            [f"images/{sha}.jpg", "bcc", "HAM_NEW", "70", "female", "face", sha, "2025-01-01T00:00:00Z"],
+        )
+    )
+    with open(intake_dir / "cases.csv", "a", encoding="utf-8") as fh:
+        fh.write(",".join(case.values()) + "\n")
+    result = run(root, tmp_path / "project", adapter="ham10000", intake_dir=intake_dir)
+    new = result.manifest.set_index("source_path").loc[f"intake/images/{sha}.jpg"]
+    assert (new["label"], new["group_id"], new["age"], new["sex"], new["localization"]) == (
+        "bcc",
+        "HAM_NEW",
+        70.0,
+        "female",
+        "face",
+    )
+    assert new["sha256"] == sha and read_labels(result.paths.labels) == ["bcc", "nv"]
+
+
+def test_header_only_intake_adds_nothing(malaria, tmp_path, baseline):
+    intake_dir = ensure_intake_dir(tmp_path / "project" / "data" / "intake")
+    result = run(malaria, tmp_path / "project", intake_dir=intake_dir)
+    assert_rest_untouched(result, baseline)
+    assert len(result.manifest) == 4 and result.quarantine.empty
+
+
+# ------------------------------------------------------------------ the DVC entry point
+
+
+def test_main_reads_params_and_writes_under_the_project_root(malaria, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    params = {"dataset": {"name": "malaria", "root": str(malaria)}, "ingest": PARAMS}
+    write(project / "params.yaml", yaml.safe_dump(params).encode())
+    monkeypatch.setenv("MEDSCAN_ROOT", str(project))
+    assert ingest_module.main() == 0
+    assert len(read_manifest(project / "data" / "manifest.parquet")) == 4
+    assert json.loads((project / "data" / "labels.json").read_text())["classes"] == [
+        "Parasitized",
+        "Uninfected",
+    ]
+    assert (
+        (project / "data" / "quarantine.csv").read_text().startswith("source_path,reason,detail,sha256,label")
+    )

@@ -1,0 +1,419 @@
+"""Intake of new labelled cases from a drop folder or an S3 prefix (moto), and its CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import unicodedata
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ingest_factories import image_bytes, truncated, write, write_labels_csv
+from pipelines import intake as intake_module
+from pipelines.intake import CASES_COLUMNS, ensure_intake_dir, intake, parse_s3_uri, s3_client
+from pipelines.manifest import write_manifest
+
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+STAMP = "20250301T120000Z"
+BUCKET = "medscan-drop"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cases(intake_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(intake_dir / "cases.csv", dtype=str, keep_default_na=False)
+
+
+def reasons(result) -> dict[str, str]:
+    return {e.source_path: str(e.reason) for e in result.quarantined}
+
+
+@pytest.fixture
+def intake_dir(tmp_path) -> Path:
+    return tmp_path / "project" / "data" / "intake"
+
+
+def make_drop(drop: Path, files: dict[str, bytes], rows: list[tuple[str, ...]]) -> Path:
+    for name, data in files.items():
+        write(drop / name, data)
+    write_labels_csv(drop, rows)
+    return drop
+
+
+def ham_drop(
+    tmp_path: Path, extra_files: dict[str, bytes] | None = None, extra_rows: list | None = None
+) -> Path:
+    """Two good HAM cases plus whatever a test adds."""
+    files = {"a.jpg": image_bytes(1, "JPEG"), "b.png": image_bytes(2)} | (extra_files or {})
+    rows = [("a.jpg", "mel", "HAM_1", "60", "male", "back"), ("b.png", "NV", "", "", "", "")] + (
+        extra_rows or []
+    )
+    return make_drop(tmp_path / "drop", files, rows)
+
+
+def assert_good_two_accepted(result, intake_dir: Path) -> None:
+    """The two good cases went through whatever else the drop held."""
+    assert [c["label"] for c in result.accepted] == ["mel", "nv"]
+    assert list(cases(intake_dir)["label"]) == ["mel", "nv"]
+
+
+# ------------------------------------------------------------------ the intake folder
+
+
+def test_ensure_intake_dir_creates_a_header_only_cases_file(tmp_path):
+    path = ensure_intake_dir(tmp_path / "intake")
+    assert (path / "cases.csv").read_text().strip() == ",".join(CASES_COLUMNS)
+    assert (path / "images").is_dir()
+    ensure_intake_dir(path)  # idempotent: never truncates
+    assert (path / "cases.csv").read_text().strip() == ",".join(CASES_COLUMNS)
+
+
+# ------------------------------------------------------------------ drop folder
+
+
+def test_drop_folder_cases_are_accepted_copied_and_moved(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path)
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    table = cases(intake_dir)
+    a_sha = sha((drop / "processed" / STAMP / "a.jpg").read_bytes())
+    assert list(table.columns) == list(CASES_COLUMNS)
+    assert table.iloc[0].to_dict() == {
+        "file": f"images/{a_sha}.jpg",
+        "label": "mel",
+        "group_id": "HAM_1",
+        "age": "60.0",
+        "sex": "male",
+        "localization": "back",
+        "sha256": a_sha,
+        "received_at": "2025-03-01T12:00:00Z",
+    }
+    b = table.iloc[1]
+    assert (b["file"], b["label"], b["group_id"], b["age"], b["sex"]) == (
+        f"images/{b['sha256']}.png",
+        "nv",
+        "b",
+        "",
+        "unknown",
+    )
+    assert (intake_dir / table.iloc[0]["file"]).read_bytes() == (
+        drop / "processed" / STAMP / "a.jpg"
+    ).read_bytes()
+    assert sorted(p.name for p in drop.iterdir()) == ["processed"]
+    assert sorted(p.name for p in (drop / "processed" / STAMP).iterdir()) == ["a.jpg", "b.png", "labels.csv"]
+    assert result.to_summary()["accepted"] == 2 and result.quarantined == []
+
+
+def test_rerun_of_the_same_bytes_accepts_nothing_twice(tmp_path, intake_dir):
+    intake(ham_drop(tmp_path), intake_dir, "ham10000", now=NOW)
+    again = intake(ham_drop(tmp_path), intake_dir, "ham10000", now=NOW)
+    assert again.accepted == [] and set(reasons(again).values()) == {"already_accepted"}
+    assert len(cases(intake_dir)) == 2
+    assert (tmp_path / "drop" / "processed" / f"{STAMP}-1" / "labels.csv").is_file()
+
+
+def test_bytes_already_in_the_manifest_are_rejected(tmp_path, intake_dir):
+    known = image_bytes(1, "JPEG")
+    manifest = tmp_path / "project" / "data" / "manifest.parquet"
+    write_manifest(pd.DataFrame({"sha256": [sha(known)], "label": ["mel"]}), manifest)
+    result = intake(ham_drop(tmp_path), intake_dir, "ham10000", manifest, now=NOW)
+    assert reasons(result) == {"a.jpg": "already_accepted"}
+    assert "manifest" in result.quarantined[0].detail
+    assert [c["label"] for c in result.accepted] == ["nv"]
+
+
+def test_unknown_label_is_quarantined(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path, {"c.jpg": image_bytes(3, "JPEG")}, [("c.jpg", "scc", "HAM_3", "", "", "")])
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"c.jpg": "unknown_label"}
+    assert_good_two_accepted(result, intake_dir)
+    logged = pd.read_csv(intake_dir / "quarantine.csv", dtype=str, keep_default_na=False)
+    assert logged[["source_path", "reason", "received_at"]].values.tolist() == [
+        ["c.jpg", "unknown_label", "2025-03-01T12:00:00Z"]
+    ]
+
+
+def test_truncated_image_is_quarantined(tmp_path, intake_dir):
+    drop = ham_drop(
+        tmp_path,
+        {"cut.jpg": truncated(image_bytes(4, "JPEG", size=(64, 48)))},
+        [("cut.jpg", "mel", "HAM_4", "", "", "")],
+    )
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"cut.jpg": "truncated_image"}
+    assert_good_two_accepted(result, intake_dir)
+
+
+def test_text_file_posing_as_an_image_is_quarantined(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path, {"note.jpg": b"call the patient"}, [("note.jpg", "mel", "HAM_5", "", "", "")])
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"note.jpg": "not_an_image"}
+    assert_good_two_accepted(result, intake_dir)
+
+
+def test_metadata_outside_the_allowed_values_is_quarantined(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path, {"c.jpg": image_bytes(6, "JPEG")}, [("c.jpg", "mel", "HAM_6", "", "robot", "")])
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"c.jpg": "invalid_metadata"}
+    assert_good_two_accepted(result, intake_dir)
+
+
+def test_row_naming_a_missing_file_is_quarantined(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path, extra_rows=[("ghost.jpg", "mel", "HAM_7", "", "", "")])
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"labels.csv": "missing_image"} and "ghost.jpg" in result.quarantined[0].detail
+    assert_good_two_accepted(result, intake_dir)
+
+
+def test_image_without_a_row_stays_pending_in_the_drop(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path, {"later.jpg": image_bytes(8, "JPEG")})
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert result.pending == ["later.jpg"] and result.quarantined == []
+    assert (drop / "later.jpg").is_file()
+    assert_good_two_accepted(result, intake_dir)
+
+
+def test_drop_without_labels_csv_is_left_alone(tmp_path, intake_dir):
+    write(tmp_path / "drop" / "a.jpg", image_bytes(1, "JPEG"))
+    result = intake(tmp_path / "drop", intake_dir, "ham10000", now=NOW)
+    assert (result.accepted, result.pending, result.processed_dir) == ([], ["a.jpg"], None)
+    assert (tmp_path / "drop" / "a.jpg").is_file()
+
+
+def test_labels_csv_without_required_columns_is_malformed_csv(tmp_path, intake_dir):
+    drop = make_drop(tmp_path / "drop", {"a.jpg": image_bytes(1, "JPEG")}, [])
+    (drop / "labels.csv").write_text("filename,diagnosis\na.jpg,mel\n")
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"labels.csv": "malformed_csv"}
+    assert result.accepted == [] and result.pending == ["a.jpg"] and (drop / "a.jpg").is_file()
+
+
+def test_malformed_row_is_quarantined(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path)
+    with open(drop / "labels.csv", "a", encoding="utf-8") as fh:
+        fh.write("only-one-field\n")
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"labels.csv": "malformed_row"}
+    assert_good_two_accepted(result, intake_dir)
+
+
+def test_latin1_labels_csv_is_read_with_a_note(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path)
+    text = (drop / "labels.csv").read_text().replace("HAM_1", "HAM_Zoë")
+    (drop / "labels.csv").write_bytes(text.encode("latin-1"))
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"labels.csv": "wrong_encoding"}
+    assert cases(intake_dir)["group_id"].iloc[0] == "HAM_Zoë"
+    assert_good_two_accepted(result, intake_dir)
+
+
+def test_same_bytes_twice_in_one_drop_with_conflicting_labels(tmp_path, intake_dir):
+    same = image_bytes(9, "JPEG")
+    drop = ham_drop(
+        tmp_path,
+        {"x1.jpg": same, "x2.jpg": same},
+        [("x1.jpg", "mel", "HAM_9", "", "", ""), ("x2.jpg", "bcc", "HAM_9", "", "", "")],
+    )
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"x1.jpg": "conflicting_duplicate", "x2.jpg": "conflicting_duplicate"}
+    assert_good_two_accepted(result, intake_dir)
+
+
+def test_same_bytes_twice_in_one_drop_with_the_same_label(tmp_path, intake_dir):
+    same = image_bytes(9, "JPEG")
+    drop = ham_drop(
+        tmp_path,
+        {"x1.jpg": same, "x2.jpg": same},
+        [("x1.jpg", "mel", "HAM_9", "", "", ""), ("x2.jpg", "mel", "HAM_9", "", "", "")],
+    )
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {"x2.jpg": "duplicate"}
+    assert [c["label"] for c in result.accepted] == ["mel", "nv", "mel"]
+
+
+def test_names_with_spaces_and_unicode_match_in_either_normal_form(tmp_path, intake_dir):
+    name = "cellule infectée 1.png"
+    drop = make_drop(
+        tmp_path / "drop",
+        {unicodedata.normalize("NFD", name): image_bytes(10), "sub dir/b.png": image_bytes(11)},
+        [
+            (unicodedata.normalize("NFC", name), "parasitized", "", "", "", ""),
+            ("sub dir/b.png", "Uninfected", "P7", "", "", ""),
+        ],
+    )
+    result = intake(drop, intake_dir, "malaria", now=NOW)
+    assert [(c["label"], c["group_id"]) for c in result.accepted] == [
+        ("Parasitized", "cellule infectée 1"),
+        ("Uninfected", "P7"),
+    ]
+    assert (drop / "processed" / STAMP / "sub dir" / "b.png").is_file()
+
+
+def test_malaria_group_falls_back_to_the_slide_prefix(tmp_path, intake_dir):
+    drop = make_drop(
+        tmp_path / "drop",
+        {"C9P9ThinF_IMG_1_cell_1.png": image_bytes(12)},
+        [("C9P9ThinF_IMG_1_cell_1.png", "Uninfected", "", "", "", "")],
+    )
+    assert intake(drop, intake_dir, "malaria", now=NOW).accepted[0]["group_id"] == "C9P9ThinF"
+
+
+def test_missing_drop_folder_is_an_error(tmp_path, intake_dir):
+    with pytest.raises(FileNotFoundError):
+        intake(tmp_path / "nowhere", intake_dir, "ham10000")
+
+
+# ------------------------------------------------------------------ S3 prefix (moto)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    moto = pytest.importorskip("moto")
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MEDSCAN_S3_ENDPOINT_URL", raising=False)
+    with moto.mock_aws():
+        client = s3_client()
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def put_drop(client, files: dict[str, bytes], rows: list[tuple[str, ...]], prefix: str = "incoming/") -> None:
+    for name, data in files.items():
+        client.put_object(Bucket=BUCKET, Key=prefix + name, Body=data)
+    body = "file,label,group_id,age,sex,localization\n" + "".join(",".join(r) + "\n" for r in rows)
+    client.put_object(Bucket=BUCKET, Key=prefix + "labels.csv", Body=body.encode())
+
+
+def test_s3_uri_parsing():
+    assert parse_s3_uri("s3://bucket/a/b/") == ("bucket", "a/b/")
+    assert parse_s3_uri("s3://bucket") == ("bucket", "")
+    with pytest.raises(ValueError):
+        parse_s3_uri("/local/path")
+
+
+def test_s3_endpoint_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MEDSCAN_S3_ENDPOINT_URL", "http://127.0.0.1:8333")
+    assert s3_client().meta.endpoint_url == "http://127.0.0.1:8333"
+    assert s3_client("http://localhost:9000").meta.endpoint_url == "http://localhost:9000"
+
+
+def test_s3_cases_are_accepted_and_objects_left_in_place(s3, intake_dir):
+    put_drop(
+        s3,
+        {"a.png": image_bytes(1), "b.png": image_bytes(2)},
+        [("a.png", "Parasitized", "C1", "", "", ""), ("b.png", "Uninfected", "C2", "", "", "")],
+    )
+    result = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    assert [c["label"] for c in result.accepted] == ["Parasitized", "Uninfected"]
+    assert result.processed_dir is None and result.source == f"s3://{BUCKET}/incoming"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert sorted(keys) == ["incoming/a.png", "incoming/b.png", "incoming/labels.csv"]
+    ledger = pd.read_csv(intake_dir / "s3_processed.csv", dtype=str)
+    assert sorted(ledger["key"]) == ["incoming/a.png", "incoming/b.png"]
+    assert set(ledger["sha256"]) == {sha(image_bytes(1)), sha(image_bytes(2))}
+
+
+def test_s3_rerun_processes_only_new_objects(s3, intake_dir):
+    put_drop(s3, {"a.png": image_bytes(1)}, [("a.png", "Parasitized", "C1", "", "", "")])
+    intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    unchanged = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    assert (unchanged.accepted, unchanged.quarantined, unchanged.pending) == ([], [], [])
+    put_drop(
+        s3,
+        {"c.png": image_bytes(3)},
+        [("a.png", "Parasitized", "C1", "", "", ""), ("c.png", "Uninfected", "C3", "", "", "")],
+    )
+    grown = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    assert [c["group_id"] for c in grown.accepted] == ["C3"] and grown.quarantined == []
+    assert list(cases(intake_dir)["group_id"]) == ["C1", "C3"]
+
+
+def test_s3_same_bytes_under_a_new_key_are_not_accepted_twice(s3, intake_dir):
+    put_drop(s3, {"a.png": image_bytes(1)}, [("a.png", "Parasitized", "C1", "", "", "")])
+    intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    put_drop(s3, {"a-again.png": image_bytes(1)}, [("a-again.png", "Parasitized", "C1", "", "", "")])
+    result = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    assert reasons(result) == {f"s3://{BUCKET}/incoming/a-again.png": "already_accepted"}
+
+
+def test_s3_row_whose_object_has_not_arrived_is_pending(s3, intake_dir):
+    put_drop(
+        s3,
+        {"a.png": image_bytes(1)},
+        [("a.png", "Parasitized", "C1", "", "", ""), ("late.png", "Uninfected", "C2", "", "", "")],
+    )
+    first = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    assert first.quarantined == [] and first.pending == ["late.png (listed in labels.csv, not arrived)"]
+    s3.put_object(Bucket=BUCKET, Key="incoming/late.png", Body=image_bytes(2))
+    second = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    assert [c["group_id"] for c in second.accepted] == ["C2"]
+
+
+def test_s3_bad_object_is_quarantined_once(s3, intake_dir):
+    put_drop(
+        s3,
+        {"a.png": image_bytes(1), "bad.png": b""},
+        [("a.png", "Parasitized", "C1", "", "", ""), ("bad.png", "Uninfected", "C2", "", "", "")],
+    )
+    first = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
+    assert reasons(first) == {f"s3://{BUCKET}/incoming/bad.png": "empty_file"} and len(first.accepted) == 1
+    assert intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW).quarantined == []
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_prints_a_json_summary_for_airflow(tmp_path, monkeypatch, capsys):
+    project = tmp_path / "project"
+    write(project / "params.yaml", b"dataset: {name: ham10000, root: x}\ningest: {min_side: 8}\n")
+    monkeypatch.setenv("MEDSCAN_ROOT", str(project))
+    assert intake_module.main(["--drop", str(ham_drop(tmp_path))]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["accepted"] == 2 and summary["quarantined"] == 0
+    assert len(cases(project / "data" / "intake")) == 2
+
+
+def test_cli_init_creates_the_empty_intake_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDSCAN_ROOT", str(tmp_path))
+    assert intake_module.main(["--init"]) == 0
+    assert (tmp_path / "data" / "intake" / "cases.csv").read_text().strip() == ",".join(CASES_COLUMNS)
+    assert json.loads(capsys.readouterr().out)["intake_dir"] == str(tmp_path / "data" / "intake")
+
+
+@pytest.mark.slow
+def test_cli_dvc_add_versions_the_intake_folder(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
+    env = {**os.environ, "MEDSCAN_ROOT": str(project)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.intake",
+            "--drop",
+            str(ham_drop(tmp_path)),
+            "--dataset",
+            "ham10000",
+            "--dvc-add",
+        ],
+        cwd=Path(intake_module.__file__).parents[1],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert json.loads(out.strip().splitlines()[-1])["accepted"] == 2
+    assert "outs:" in (project / "data" / "intake.dvc").read_text()
