@@ -26,7 +26,7 @@ from pipelines.features import encode_metadata, metadata_layout
 from pipelines.losses import class_weights, make_loss
 from pipelines.manifest import read_labels
 from pipelines.split import read_splits
-from pipelines.zoo import build_model
+from pipelines.zoo import build_model, input_size
 
 PIP_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "keras==3.15.1"]
 
@@ -62,12 +62,12 @@ def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
 def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     """Train `arch`, write models/<arch>/, log to MLflow; returns train_info."""
     tp, dataset = params["train"], params["dataset"]["name"]
-    spec = params["zoo"][arch]
+    spec, size = input_size(params["zoo"][arch], int(tp["image_size"]))
     keras.utils.set_random_seed(int(tp["seed"]))
     classes = read_labels(paths.labels)
     frames = read_splits(paths)
     info = model_inputs_info(dataset, bool(tp["use_metadata"]))
-    size, batch = int(tp["image_size"]), int(tp["batch_size"])
+    batch = int(tp["batch_size"])
 
     def dataset_for(split: str, training: bool):
         return make_dataset(frames[split], paths.root, classes, size, batch,

@@ -16,7 +16,7 @@ import tensorflow as tf
 import yaml
 
 from pipelines import zoo
-from pipelines.zoo import BACKBONES, BUILDERS, build_model, custom_cnn, keras_apps
+from pipelines.zoo import BACKBONES, BUILDERS, build_model, custom_cnn, input_size, keras_apps
 from pipelines.zoo.heads import SoftAttention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,8 +296,8 @@ def test_every_builder_rejects_unknown_options() -> None:
 
 def test_params_yaml_zoo_entries_build_at_the_training_size() -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    size = params["train"]["image_size"]
-    for arch, spec in params["zoo"].items():
+    for arch, entry in params["zoo"].items():
+        spec, size = input_size(entry, params["train"]["image_size"])
         model = build_model(spec, (size, size, 3), NUM_CLASSES, META, name=arch)
         assert model.name == arch
         assert model.output.shape == (None, NUM_CLASSES)

@@ -72,6 +72,16 @@ def builder_options(builder: str) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def input_size(spec: Mapping[str, Any], default: int) -> tuple[dict[str, Any], int]:
+    """Split a zoo entry into builder options and its training image size.
+
+    An entry may set `image_size` to override `train.image_size` (InceptionResNetV2 needs >= 75,
+    the malaria CNN was designed for 128); the builder itself never sees that key.
+    """
+    options = dict(spec)
+    return options, int(options.pop("image_size", default))
+
+
 def build_model(
     spec: Mapping[str, Any],
     input_shape: tuple[int, int, int],
