@@ -34,6 +34,9 @@ lock:
 mlflow-ui: install
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+airflow: install
+	scripts/airflow-standalone.sh
+
 bench: install
 	python -m bench.bench_ingest --repeat 2
 	python -m bench.compare_real malaria --image-size 64 --epochs 10 --archs malaria_cnn cnn_medium cnn_small

@@ -1,0 +1,314 @@
+"""Airflow DAGs that retrain Medscan: one retrain DAG and one drop-folder watcher per data set.
+
+The retrain DAG's stage tasks are read from dvc.yaml (pipelines.dag_spec), never written here:
+each runs `dvc repro --single-item <stage>` in the project checkout, with DVC's own edges. Around
+them: intake of new cases before, a short-circuit that skips the stages when nothing new arrived
+and nothing forces a retrain, and after them a git commit of dvc.lock + `dvc push`, then the
+promotion outcome. The callables live in pipelines.orchestrate (testable without Airflow).
+
+Checkout: MEDSCAN_ROOT, else the repository holding this dags/ folder. Data sets: that checkout's
+`dataset.name`, plus one per checkout listed in params.yaml `orchestration.checkouts`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.standard.sensors.filesystem import FileSensor
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    ExceptionRetryPolicy,
+    Param,
+    RetryAction,
+    RetryRule,
+    TaskGroup,
+    dag,
+    get_current_context,
+    task,
+)
+
+ROOT = Path(os.environ.get("MEDSCAN_ROOT") or Path(__file__).resolve().parents[1]).resolve()
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))   # the checkout's own pipelines package, also without `pip install -e`
+
+from pipelines import orchestrate  # noqa: E402
+from pipelines.dag_spec import PipelineSpec, read_spec, split_name, task_id  # noqa: E402
+
+log = logging.getLogger("medscan.airflow")
+
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+STAGE_TIMEOUT = timedelta(hours=12)     # one DVC stage (training on real data included)
+RUN_TIMEOUT = timedelta(hours=24)       # a stuck run must not block the next (max_active_runs=1)
+WATCH_TIMEOUT_S = 9 * 60                # the watcher waits a little less than its 10-min period
+QUEUE = os.environ.get("MEDSCAN_QUEUE")  # scale-out: route checkout tasks to the worker holding it
+
+# StageFailed: the command failed (bad data, a bug) and a retry would fail the same way.
+# TransientFailure and anything unexpected: the usual retries with exponential back-off.
+RETRY_POLICY = ExceptionRetryPolicy(rules=[
+    RetryRule(exception="pipelines.orchestrate.StageFailed", action=RetryAction.FAIL,
+              reason="the command failed; retrying would fail the same way"),
+    RetryRule(exception="pipelines.orchestrate.TransientFailure", action=RetryAction.RETRY,
+              reason="transient failure (lock, network, killed process): retry with back-off"),
+])
+
+
+def notify_failure(context: Any) -> None:
+    """One clear log line per failure: which DAG, task, run and try, and where the log is.
+
+    As a task callback it reports the task's exception; as the DAG callback, the failed run.
+    """
+    ti = context.get("ti")
+    dag_run = context.get("dag_run")
+    dag_id = getattr(ti, "dag_id", None) or getattr(dag_run, "dag_id", "?")
+    run_id = getattr(ti, "run_id", None) or getattr(dag_run, "run_id", "?")
+    task = getattr(ti, "task_id", "-")
+    tries = f"{getattr(ti, 'try_number', '?')}/{getattr(ti, 'max_tries', 0) + 1}" if ti else "-"
+    url = getattr(ti, "log_url", "") if ti else ""
+    exception = context.get("exception")
+    scope = "TASK FAILED" if exception is not None else "RUN FAILED"
+    error = str(exception if exception is not None else context.get("reason") or "see the task log").strip()
+    log.error("MEDSCAN RETRAIN %s: dag=%s task=%s run=%s try=%s log=%s error=%s",
+              scope, dag_id, task, run_id, tries, url, (error.splitlines() or [""])[0][:500])
+
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "medscan",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": 2.0,     # 2 min, then 4 min
+    "max_retry_delay": timedelta(minutes=30),
+    "retry_policy": RETRY_POLICY,
+    "execution_timeout": STAGE_TIMEOUT,
+    "on_failure_callback": notify_failure,
+    **({"queue": QUEUE} if QUEUE else {}),
+}
+
+
+def drop_asset(settings: orchestrate.Settings) -> Asset:
+    """'New cases landed in the drop folder': set by the watcher DAG (or POST /api/v2/assets/events)."""
+    return Asset(name=f"medscan_drop_{settings.dataset}", uri=settings.drop_folder.as_uri(), group="medscan")
+
+
+def promotion_asset(settings: orchestrate.Settings) -> Asset:
+    """'A retrain finished with a promotion verdict': for downstream DAGs (e.g. serving reload)."""
+    return Asset(name=f"medscan_promotion_{settings.dataset}",
+                 uri=(settings.root / "reports" / "promotion.json").as_uri(), group="medscan")
+
+
+def retrain_doc(settings: orchestrate.Settings, spec: PipelineSpec) -> str:
+    stages = "\n".join(f"- `{task_id(s.name)}`: `dvc repro --single-item {s.name}`"
+                       + (f" (after {', '.join(f'`{u}`' for u in s.upstream)})" if s.upstream else "")
+                       for s in spec.stages)
+    return f"""\
+### Retrain Medscan on `{settings.dataset}`
+
+Runs the DVC pipeline of the checkout `{settings.root}` stage by stage; the stage tasks and their
+dependencies are read from `dvc.yaml` when this file is parsed, so they always match `dvc dag`.
+
+**Triggers**: the cron `{settings.schedule}` (UTC; a scheduled run always retrains) **or** the
+asset `medscan_drop_{settings.dataset}` (set by `medscan_drop_watch_{settings.dataset}` when a
+`labels.csv` lands in `{settings.drop_folder}`), **or** a manual trigger.
+
+**Tasks**
+1. `intake`: `python -m pipelines.intake --drop <drop_folder> --dvc-add` (and `--s3 <s3_prefix>`
+   when set): accepted cases join `data/intake/`, the rest are quarantined.
+2. `should_retrain` (short-circuit): retrains when cases were accepted, on the schedule, with
+   `force_retrain`, or when the checkout never completed a run (no dvc.lock / champion yet);
+   otherwise every task below is **skipped**.
+3. One task per DVC stage ({len(spec.stages)}):
+{stages}
+   A stage whose inputs did not change is a no-op (DVC cache). `dvc_force` re-executes them all.
+4. `publish`: `git commit` of {', '.join(f'`{p}`' for p in spec.git_paths())} and `dvc push` to the
+   default DVC remote.
+5. `record_outcome`: reads `reports/promotion.json` and returns blessed / candidate / champion
+   (XCom), and updates the asset `medscan_promotion_{settings.dataset}`.
+
+Failures: a failed command fails at once (retrying gives the same result); locks, network and
+killed processes retry twice with exponential back-off. Every failure logs one
+`MEDSCAN RETRAIN TASK FAILED` line with the task, try and log link.
+"""
+
+
+def build_retrain_dag(settings: orchestrate.Settings, spec: PipelineSpec) -> DAG:
+    """intake -> should_retrain -> (the DVC stages, DVC's edges) -> publish -> record_outcome."""
+    root = settings.root
+    model = promotion_asset(settings)
+
+    @dag(
+        dag_id=f"medscan_retrain_{settings.dataset}",
+        dag_display_name=f"Medscan retrain: {settings.dataset}",
+        description=f"Intake, DVC stages, commit + push, promotion verdict for {settings.dataset}",
+        doc_md=retrain_doc(settings, spec),
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(settings.schedule, timezone="UTC"),
+            assets=[drop_asset(settings)],
+        ),
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        dagrun_timeout=RUN_TIMEOUT,
+        default_args=DEFAULT_ARGS,
+        on_failure_callback=notify_failure,
+        tags=["medscan", settings.dataset],
+        params={
+            "force_retrain": Param(False, type="boolean",
+                                   description="Run the stages even when no new case arrived."),
+            "dvc_force": Param(False, type="boolean",
+                               description="`dvc repro --force`: re-execute stages DVC finds up to date."),
+            "drop_folder": Param(str(settings.drop_folder), type="string",
+                                 description="Folder with new images + labels.csv."),
+            "s3_prefix": Param(settings.s3_prefix or "", type="string",
+                               description="s3://bucket/prefix with new cases (empty: none)."),
+        },
+    )
+    def retrain() -> None:
+        @task(task_id="intake", doc_md="Take in new labelled cases (pipelines.intake).")
+        def intake() -> dict[str, Any]:
+            params = get_current_context()["params"]
+            drop = params.get("drop_folder") or None
+            return orchestrate.take_in(root, Path(drop) if drop else None,
+                                       params.get("s3_prefix") or None, settings.s3_endpoint_url)
+
+        @task.short_circuit(task_id="should_retrain",
+                            doc_md="False skips every stage: nothing new and nothing forces a retrain.")
+        def should_retrain(summary: dict[str, Any]) -> bool:
+            context = get_current_context()
+            run_type = context["dag_run"].run_type
+            decision = orchestrate.retrain_decision(
+                accepted=int(summary.get("accepted", 0)),
+                run_type=str(getattr(run_type, "value", run_type)),
+                force=bool(context["params"].get("force_retrain")),
+                first_run=orchestrate.first_run_reason(root, spec.names),
+            )
+            log.info("%s: %s", "RETRAIN" if decision.retrain else "SKIP", decision.reason)
+            return decision.retrain
+
+        @task(execution_timeout=STAGE_TIMEOUT)
+        def dvc_stage(stage: str) -> dict[str, Any]:
+            force = bool(get_current_context()["params"].get("dvc_force"))
+            return orchestrate.run_stage(root, stage, force=force)
+
+        @task(task_id="publish", doc_md="git commit dvc.lock (+ .dvc files) and dvc push.")
+        def publish() -> dict[str, Any]:
+            context = get_current_context()
+            message = f"medscan: retrain {settings.dataset} ({context['dag_run'].run_id})"
+            return orchestrate.publish(root, spec.git_paths(), message)
+
+        @task(task_id="record_outcome", outlets=[model], execution_timeout=timedelta(minutes=10),
+              doc_md="The promotion verdict (reports/promotion.json) as this run's result.")
+        def record_outcome(published: dict[str, Any]) -> dict[str, Any]:
+            context = get_current_context()
+            results = context["ti"].xcom_pull(task_ids=[task_id(n) for n in spec.names]) or []
+            outcome = orchestrate.read_outcome(root)
+            outcome.update(
+                dataset=settings.dataset,
+                stages_run=[r["stage"] for r in results if isinstance(r, dict) and r.get("ran")],
+                commit=published.get("commit"),
+            )
+            verdict = "BLESSED" if outcome["blessed"] else "not blessed"
+            log.info("%s v%s (%s): %s, %s %.4f; champion v%s (was v%s). Stages run: %s. Commit: %s",
+                     outcome["model_name"], outcome["candidate_version"], outcome["candidate_arch"],
+                     verdict, outcome["metric"], outcome["candidate_score"] or 0.0,
+                     outcome["champion_after"], outcome["champion_before"],
+                     ", ".join(outcome["stages_run"]) or "none", outcome["commit"] or "none")
+            context["outlet_events"][model].extra = {
+                k: outcome[k] for k in ("blessed", "candidate_version", "champion_after", "metric",
+                                        "candidate_score")}
+            return outcome
+
+        gate = should_retrain(intake())
+        groups: dict[str, TaskGroup] = {}
+        stage_tasks = {}
+        for stage in spec.stages:
+            family, item = split_name(stage.name)
+            group = None
+            if family is not None:
+                group = groups.get(family) or groups.setdefault(
+                    family, TaskGroup(group_id=family, tooltip=f"DVC foreach stage {family}@*"))
+            stage_tasks[stage.name] = dvc_stage.override(
+                task_id=item, task_group=group,
+                doc_md=f"`dvc repro --single-item {stage.name}` in `{root}`")(stage.name)
+        for stage in spec.stages:
+            for upstream in stage.upstream:
+                stage_tasks[upstream] >> stage_tasks[stage.name]
+        gate >> [stage_tasks[name] for name in spec.roots]
+        published = publish()
+        [stage_tasks[name] for name in spec.sinks] >> published
+        record_outcome(published)
+
+    return retrain()
+
+
+class DropSensor(FileSensor):
+    """FileSensor on an absolute path, so no Airflow `fs` connection has to be configured."""
+
+    @property
+    def path(self) -> str:  # type: ignore[override]
+        return self.filepath
+
+
+def build_watch_dag(settings: orchestrate.Settings) -> DAG:
+    """Every few minutes: wait (deferred, in the triggerer) for <drop>/labels.csv, then set the asset."""
+    asset = drop_asset(settings)
+    labels = settings.drop_folder / orchestrate.LABELS_FILE
+
+    @dag(
+        dag_id=f"medscan_drop_watch_{settings.dataset}",
+        dag_display_name=f"Medscan drop watch: {settings.dataset}",
+        description=f"Triggers medscan_retrain_{settings.dataset} when a drop lands in {settings.drop_folder}",
+        doc_md=f"""\
+### Watch the `{settings.dataset}` drop folder
+
+`wait_for_labels` waits (deferred: no worker slot) up to {WATCH_TIMEOUT_S // 60} min for
+`{labels}`; when it appears, `announce_drop` updates the asset `{asset.name}`, which triggers
+`medscan_retrain_{settings.dataset}`. The retrain's intake moves the drop to `processed/`.
+No drop: the run ends *skipped* (soft fail), not failed.
+""",
+        schedule=CronTriggerTimetable(settings.watch_schedule or orchestrate.DEFAULT_WATCH_SCHEDULE,
+                                      timezone="UTC"),
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        default_args={"owner": "medscan", "retries": 0, "on_failure_callback": notify_failure},
+        tags=["medscan", settings.dataset],
+    )
+    def watch() -> None:
+        wait = DropSensor(task_id="wait_for_labels", filepath=str(labels), deferrable=True,
+                          poke_interval=30, timeout=WATCH_TIMEOUT_S, soft_fail=True)
+
+        @task(task_id="announce_drop", outlets=[asset])
+        def announce_drop() -> dict[str, Any]:
+            files = [p for p in settings.drop_folder.iterdir() if p.name != "processed"]
+            note = {"drop_folder": str(settings.drop_folder), "entries": len(files)}
+            get_current_context()["outlet_events"][asset].extra = note
+            log.info("drop waiting in %s (%d entries): triggering the retrain", settings.drop_folder, len(files))
+            return note
+
+        wait >> announce_drop()
+
+    return watch()
+
+
+def build_all(root: Path) -> dict[str, DAG]:
+    """Both DAGs for every configured checkout (one data set each)."""
+    dags: dict[str, DAG] = {}
+    for number, checkout in enumerate(orchestrate.checkouts(root)):
+        settings = orchestrate.load_settings(checkout, primary=number == 0)
+        built = [build_retrain_dag(settings, read_spec(checkout))]
+        if settings.watch_schedule:
+            built.append(build_watch_dag(settings))
+        for one in built:
+            if one.dag_id in dags:
+                raise ValueError(f"two checkouts both train {settings.dataset!r}: {one.dag_id} is defined twice")
+            dags[one.dag_id] = one
+    return dags
+
+
+globals().update(build_all(ROOT))
