@@ -26,40 +26,45 @@ RESULTS = PROJECT / "bench" / "results"
 
 
 def configure(root: Path, dataset: str, image_size: int, epochs: int, archs: list[str],
-              extra_zoo: dict | None) -> None:
+              overrides: list[str]) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["dataset"] = {"name": dataset, "root": str(SHARED_DATA / dataset)}
     params["train"].update({"image_size": image_size, "epochs": epochs})
     params["architectures"] = archs
-    params["zoo"].update(extra_zoo or {})
+    for item in overrides:  # section.key=value, value parsed as YAML (like `dvc exp run -S`)
+        dotted, value = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        params[section][key] = yaml.safe_load(value)
     params["demo"]["images_per_class"] = 5  # the demo stage still runs; keep it negligible
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(dataset: str, image_size: int, epochs: int, archs: list[str], workdir: Path) -> dict:
+def run(dataset: str, image_size: int, epochs: int, archs: list[str], workdir: Path,
+        overrides: list[str], tag: str) -> dict:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     root = copy_project(workdir)
-    configure(root, dataset, image_size, epochs, archs, None)
+    configure(root, dataset, image_size, epochs, archs, overrides)
     started = time.perf_counter()
-    log = RESULTS / f"compare_{dataset}.log"
+    log = RESULTS / f"compare_{tag}.log"
     with open(log, "w") as fh:
         done = subprocess.run(["dvc", "repro"], cwd=root, env=venv_env(root), stdout=fh,
                               stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"dvc repro failed for {dataset}: see {log}")
-    shutil.copy(root / "reports" / "compare" / "compare.md", RESULTS / f"compare_{dataset}.md")
+    shutil.copy(root / "reports" / "compare" / "compare.md", RESULTS / f"compare_{tag}.md")
     promotion = json.loads((root / "reports" / "promotion.json").read_text())
     split = json.loads((root / "reports" / "split_report.json").read_text())
     summary = {"dataset": dataset, "image_size": image_size, "max_epochs": epochs, "archs": archs,
+               "overrides": overrides,
                "wall_seconds": round(wall, 1), "split": split["sizes"],
                "overlapping_groups": split["overlapping_groups"],
                "best": promotion["candidate_arch"], "metric": promotion["metric"],
                "best_score": promotion["candidate_score"],
                "test": {a: json.loads((root / "metrics" / f"{a}.json").read_text())["test"] for a in archs}}
-    (RESULTS / f"compare_{dataset}.json").write_text(json.dumps(summary, indent=2, default=str))
+    (RESULTS / f"compare_{tag}.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -70,11 +75,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--archs", nargs="+", default=["cnn_small", "cnn_medium", "malaria_cnn"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/medscan-bench"))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="extra params.yaml override, e.g. train.reduce_lr_patience=3")
+    parser.add_argument("--tag", help="result file suffix (default: the data set name)")
     args = parser.parse_args()
     if not (SHARED_DATA / args.dataset).exists():
         raise SystemExit(f"{SHARED_DATA / args.dataset} is absent: nothing to benchmark")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    s = run(args.dataset, args.image_size, args.epochs, args.archs, args.workdir / args.dataset)
+    tag = args.tag or args.dataset
+    s = run(args.dataset, args.image_size, args.epochs, args.archs, args.workdir / tag, args.set, tag)
     for arch, t in s["test"].items():
         print(f"{args.dataset} {arch}: accuracy {t['accuracy']:.4f} balanced {t['balanced_accuracy']:.4f} "
               f"f1_macro {t['f1_macro']:.4f} auc {t['roc_auc_macro_ovr']}")
