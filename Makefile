@@ -22,6 +22,7 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 demo: install
+	python -m pipelines.intake --init
 	dvc repro
 	python -m pipelines.summary
 

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from pipelines.config import PARAMS_FILE, Paths, resolve
+from pipelines.intake import ensure_intake_dir, intake_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,9 @@ def take_in(root: Path, drop: Path | None, s3_prefix: str | None = None,
     """
     sources: list[dict[str, Any]] = []
     with checkout_lock(root):
+        # A fresh checkout has no data/intake yet (it is DVC-tracked from the first accepted case);
+        # the ingest stage depends on it, so create the empty state before any stage runs.
+        ensure_intake_dir(intake_dir_for(Paths(root)))
         if drop is not None:
             drop = Path(drop)
             drop.mkdir(parents=True, exist_ok=True)
@@ -298,6 +302,11 @@ def _identity(root: Path) -> list[str]:
     return ["-c", "user.name=Medscan Airflow", "-c", "user.email=medscan-airflow@localhost"]
 
 
+# Written by `pipelines.intake --dvc-add` once the first case is accepted: not in dvc.yaml's graph
+# when the DAG is parsed on a fresh checkout, so always offered to the commit.
+INTAKE_GIT_PATHS = ("data/intake.dvc", "data/.gitignore")
+
+
 def publish(root: Path, git_paths: Sequence[str], message: str, *, push: bool = True) -> dict[str, Any]:
     """Commit what the run changed (dvc.lock, .dvc files, DVC's .gitignores) and `dvc push`.
 
@@ -306,6 +315,7 @@ def publish(root: Path, git_paths: Sequence[str], message: str, *, push: bool = 
     configured). MEDSCAN_GIT_PUSH=<remote> also pushes the commit.
     """
     root = Path(root)
+    git_paths = list(dict.fromkeys([*git_paths, *INTAKE_GIT_PATHS]))
     with checkout_lock(root):
         tracked = set(_git(root, "ls-files", "--", *git_paths).stdout.split())
         paths = [p for p in git_paths if (root / p).exists() or p in tracked]

@@ -196,9 +196,18 @@ def test_spec_follows_params_architectures_and_data_root(tmp_path):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     spec = read_spec(root)
     assert spec.edges == literal_edges(params["architectures"], demo_root=False)
+    assert spec.stage("ingest").tracked_deps == ()  # fresh checkout: intake not DVC-tracked yet
+    assert spec.git_paths()[0] == "dvc.lock"
+    assert "models/.gitignore" in spec.git_paths()
+    assert "data/intake.dvc" in orchestrate.INTAKE_GIT_PATHS  # publish still offers it
+
+
+def test_spec_sees_the_intake_once_it_is_dvc_tracked(tmp_path):
+    root = copy_project(tmp_path)
+    subprocess.run(["dvc", "add", "-q", "data/intake"], cwd=root, env=venv_env(root), check=True)
+    spec = read_spec(root)
     assert spec.stage("ingest").tracked_deps == ("data/intake.dvc",)
     assert spec.git_paths()[:2] == ["dvc.lock", "data/intake.dvc"]
-    assert "models/.gitignore" in spec.git_paths()
 
 
 # ---------------------------------------------------------------- orchestrate: decisions and settings

@@ -100,6 +100,13 @@ def run_dag(root: Path, env: dict[str, str], conf: dict[str, Any] | None = None)
     return result
 
 
+def promotion(root: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """The promote stage's outcome, or a failure that shows what the DAG run did instead."""
+    path = root / "reports" / "promotion.json"
+    assert path.exists(), f"no promotion.json after the run; tasks: {run['tasks']}\n{run['log'][-6000:]}"
+    return json.loads(path.read_text())
+
+
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -136,7 +143,7 @@ def runs(tmp_path_factory) -> dict[str, Any]:
 
     out["first"] = run_dag(root, env)
     out["head1"] = git(root, "rev-parse", "HEAD")
-    out["promotion1"] = json.loads((root / "reports" / "promotion.json").read_text())
+    out["promotion1"] = promotion(root, out["first"])
 
     out["second"] = run_dag(root, env)
     out["head2"] = git(root, "rev-parse", "HEAD")
@@ -144,7 +151,7 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     out["dropped"] = write_drop(root / "incoming")
     out["third"] = run_dag(root, env)
     out["head3"] = git(root, "rev-parse", "HEAD")
-    out["promotion3"] = json.loads((root / "reports" / "promotion.json").read_text())
+    out["promotion3"] = promotion(root, out["third"])
     for name in ("first", "second", "third"):
         stages = {k: v["seconds"] for k, v in out[name]["xcom"].items() if isinstance(v, dict) and "seconds" in v}
         print(f"\n{name} DAG run: {out[name]['seconds']} s (stage tasks: {stages})")
