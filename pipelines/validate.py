@@ -152,7 +152,7 @@ def suite_parameter_names(suite: Mapping[str, Any]) -> set[str]:
 
 
 def manifest_parameters(classes: Sequence[str], categorical_values: Mapping[str, Sequence[str]],
-                        params: Mapping[str, Any]) -> dict[str, Any]:
+                        params: Mapping[str, Any], labels: Sequence[str] | None = None) -> dict[str, Any]:
     """Suite parameters for a manifest suite, from the adapter and params.yaml `validate:`.
 
     Categorical value sets become `<column>_values`; the features' 'unknown' marker is always
@@ -161,6 +161,7 @@ def manifest_parameters(classes: Sequence[str], categorical_values: Mapping[str,
     age_min, age_max = params["age_range"]
     values: dict[str, Any] = {
         "classes": list(classes),
+        "expected_classes": expected_classes(classes, labels, params),
         "core_columns": list(CORE_COLUMNS),
         "min_side": params["min_side"],
         "max_side": params["max_side"],
@@ -171,6 +172,17 @@ def manifest_parameters(classes: Sequence[str], categorical_values: Mapping[str,
     for col, allowed in categorical_values.items():
         values[f"{col}_values"] = list(dict.fromkeys([*allowed, UNKNOWN]))
     return values
+
+
+def expected_classes(classes: Sequence[str], labels: Sequence[str] | None,
+                     params: Mapping[str, Any]) -> list[str]:
+    """The classes that must each have enough images: every known class by default; only those
+    present (labels.json) when `validate.require_all_classes` is false, for subset copies such as
+    a DermNet extract with 3 of its 23 classes. Unknown labels still fail the class-set check."""
+    if params.get("require_all_classes", True) or labels is None:
+        return list(classes)
+    present = set(labels)
+    return [c for c in classes if c in present]
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,14 +393,15 @@ def validate_manifest(df: pd.DataFrame, dataset_name: str, classes: Sequence[str
     expectations are left out, not faked. With `docs_dir`, GE Data Docs are written there.
     """
     suite = load_suite(dataset_name, suite_dir)
-    frames: dict[str, pd.DataFrame] = {MANIFEST_BATCH: df, "class_counts": class_counts(df, classes)}
+    expected = expected_classes(classes, labels, params)
+    frames: dict[str, pd.DataFrame] = {MANIFEST_BATCH: df, "class_counts": class_counts(df, expected)}
     if labels is not None:
         frames["labels"] = pd.DataFrame({"label": [str(v) for v in labels]})
     else:
         suite = {**suite, "expectations": [e for e in suite["expectations"]
                                            if (e.get("meta") or {}).get("batch") != "labels"]}
     gx_run = _GX()
-    results = gx_run.validate(suite, frames, manifest_parameters(classes, categorical_values, params))
+    results = gx_run.validate(suite, frames, manifest_parameters(classes, categorical_values, params, labels))
     index = gx_run.build_docs(docs_dir) if docs_dir is not None else None
     return ValidationOutcome(name=dataset_name, success=all(r["success"] for r in results),
                              results=results, rows=len(df), docs_index=index)

@@ -144,7 +144,7 @@ def test_summary_is_one_readable_line_per_failure() -> None:
 def test_class_missing_entirely_fails_count_and_labels() -> None:
     outcome = run_ham(make_manifest(), classes=(*CLASSES, "bcc"))
     assert failed_titles(outcome) == {"at least validate.min_images_per_class images per class",
-                                      "labels.json lists exactly the class set"}
+                                      "labels.json lists exactly the expected classes"}
     summary = outcome.summary()
     assert "0 (label=bcc)" in summary
     assert "missing ['bcc']" in summary
@@ -152,7 +152,7 @@ def test_class_missing_entirely_fails_count_and_labels() -> None:
 
 def test_labels_json_with_stray_or_repeated_class_fails() -> None:
     outcome = run_ham(make_manifest(), labels=["mel", "nv", "nv", "zzz"])
-    assert failed_titles(outcome) == {"labels.json lists exactly the class set",
+    assert failed_titles(outcome) == {"labels.json lists exactly the expected classes",
                                       "labels.json lists each class once"}
 
 
@@ -198,7 +198,8 @@ def test_suite_files_are_parameterised_and_valid(name: str) -> None:
     # No class list is repeated in a suite: the label expectations take $PARAMETER classes.
     label_sets = [e["kwargs"]["value_set"] for e in suite["expectations"]
                   if e["kwargs"].get("column") == "label" and "value_set" in e["kwargs"]]
-    assert label_sets and all(s == {"$PARAMETER": "classes"} for s in label_sets)
+    assert label_sets and all(s in ({"$PARAMETER": "classes"}, {"$PARAMETER": "expected_classes"})
+                              for s in label_sets)
     # The non-HAM suites validate a metadata-free manifest from end to end.
     if name != "ham10000":
         outcome = v.validate_manifest(make_manifest(metadata=False), name, CLASSES, {}, PARAMS,
@@ -329,3 +330,22 @@ def test_main_exits_nonzero_with_summary_on_failure(tmp_path: Path) -> None:
 def test_core_columns_parameter_tracks_the_manifest_contract() -> None:
     assert v.manifest_parameters(CLASSES, {}, PARAMS)["core_columns"] == list(CORE_COLUMNS)
     assert v.manifest_parameters(CLASSES, CATEGORICAL, PARAMS)["sex_values"] == ["male", "female", "unknown"]
+
+
+def test_subset_copies_validate_when_all_classes_are_not_required():
+    """A DermNet-like extract: 2 of 3 known classes present."""
+    known = ("a", "b", "c")
+    rows = [{"image_id": f"i{n}", "path": f"data/images/{n:064x}.png", "source_path": f"x/{n}.jpg",
+             "sha256": f"{n:064x}", "label": "a" if n % 2 else "b", "group_id": f"g{n}",
+             "width": 64, "height": 64, "source": "dermnet", "split_hint": "train"} for n in range(40)]
+    frame = pd.DataFrame(rows)
+    params = {"min_images_per_class": 5, "min_side": 8, "max_side": 20000, "age_range": [0, 120]}
+    strict = v.validate_manifest(frame, "dermnet", known, {}, params, labels=["a", "b"])
+    assert not strict.success and "c" in strict.summary()
+    lenient = v.validate_manifest(frame, "dermnet", known, {}, {**params, "require_all_classes": False},
+                                labels=["a", "b"])
+    assert lenient.success, lenient.summary()
+    frame.loc[0, "label"] = "zzz"  # an unknown label still fails
+    bad = v.validate_manifest(frame, "dermnet", known, {}, {**params, "require_all_classes": False},
+                            labels=["a", "b", "zzz"])
+    assert not bad.success
