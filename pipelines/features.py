@@ -39,11 +39,9 @@ def encode_metadata(frame: pd.DataFrame, metadata_columns: Sequence[str],
         else:
             values = [v for v in categorical_values.get(col, ()) if v != UNKNOWN]
             text = raw.fillna(UNKNOWN).astype(str).str.strip().str.lower()
-            onehot = np.zeros((n, len(values) + 1), np.float32)
-            index = {v.lower(): i for i, v in enumerate(values)}
-            for row, value in enumerate(text):
-                onehot[row, index.get(value, len(values))] = 1.0
-            blocks.append(onehot)
+            codes = pd.Categorical(text, categories=[v.lower() for v in values]).codes
+            codes = np.where(codes < 0, len(values), codes)  # unseen or missing -> 'unknown' slot
+            blocks.append(np.eye(len(values) + 1, dtype=np.float32)[codes])
     if not blocks:
         return np.zeros((n, 0), np.float32)
     return np.concatenate(blocks, axis=1).astype(np.float32)
