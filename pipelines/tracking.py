@@ -16,16 +16,30 @@ from pipelines.config import Paths
 PIPELINE_KEY_TAG = "medscan.pipeline_key"
 
 
+# URIs this module derived itself. MLflow copies whatever set_tracking_uri/set_registry_uri get
+# into os.environ, so without this a second configure() in one process (another project, or a
+# test) would take the first project's store for a user's setting.
+_DERIVED: set[str] = set()
+
+
+def _user_setting(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if value in _DERIVED else value
+
+
 def configure(paths: Paths, dataset: str) -> str:
     """Point MLflow at the project store and return the data set's experiment id."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db}"
+    user_uri = _user_setting("MLFLOW_TRACKING_URI")
+    uri = user_uri or f"sqlite:///{paths.mlflow_db}"
+    registry = _user_setting("MLFLOW_REGISTRY_URI") or uri
+    _DERIVED.update(v for v in (uri, registry) if v != user_uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(registry)
     name = f"medscan-{dataset}"
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None if "MLFLOW_TRACKING_URI" in os.environ else paths.mlflow_artifacts.as_uri()
+    location = paths.mlflow_artifacts.as_uri() if user_uri is None else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 
