@@ -20,23 +20,21 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-from tests.conftest import SHARED_DATA, copy_project, venv_env  # noqa: E402
+from tests.conftest import SHARED_DATA, copy_project, set_params, venv_env  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 
 
 def configure(root: Path, dataset: str, image_size: int, epochs: int, archs: list[str],
               overrides: list[str]) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["dataset"] = {"name": dataset, "root": str(SHARED_DATA / dataset)}
-    params["train"].update({"image_size": image_size, "epochs": epochs})
-    params["architectures"] = archs
+    changes: dict = {"dataset": {"name": dataset, "root": str(SHARED_DATA / dataset)},
+                     "train": {"image_size": image_size, "epochs": epochs}, "architectures": archs,
+                     "demo": {"images_per_class": 5}}  # the demo stage still runs; keep it negligible
     for item in overrides:  # section.key=value, value parsed as YAML (like `dvc exp run -S`)
         dotted, value = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        params[section][key] = yaml.safe_load(value)
-    params["demo"]["images_per_class"] = 5  # the demo stage still runs; keep it negligible
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        changes.setdefault(section, {})[key] = yaml.safe_load(value)
+    set_params(root, changes)
 
 
 def run(dataset: str, image_size: int, epochs: int, archs: list[str], workdir: Path,

@@ -41,12 +41,26 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def set_params(root: Path, overrides: dict) -> None:
+    """Write overrides into a project copy's params.yaml: dict sections are merged, others replaced."""
+    import yaml
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(params.get(section), dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def venv_env(root: Path) -> dict[str, str]:
     """Environment for subprocesses: this interpreter's bin first (dvc.yaml calls `python -m`)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MEDSCAN_ROOT"] = str(root)
-    env.pop("MLFLOW_TRACKING_URI", None)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow writes these in-process
+        env.pop(name, None)
     return env
 
 

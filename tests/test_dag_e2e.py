@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from tests.conftest import copy_project, venv_env
+from tests.conftest import copy_project, set_params, venv_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -63,16 +62,6 @@ with create_session() as session:
 print("MEDSCAN-RESULT " + json.dumps({"state": str(getattr(dr.state, "value", dr.state)), "tasks": states,
                                       "tries": tries, "xcom": xcoms}, default=str))
 """
-
-
-def tiny_params(root: Path) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in TINY.items():
-        if isinstance(values, dict):
-            params[section].update(values)
-        else:
-            params[section] = values
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def airflow_env(root: Path, home: Path) -> dict[str, str]:
@@ -134,7 +123,7 @@ def write_drop(drop: Path, per_class: int = 3) -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Any]:
     root = copy_project(tmp_path_factory.mktemp("medscan"))
-    tiny_params(root)
+    set_params(root, TINY)
     git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny params")
     env = airflow_env(root, tmp_path_factory.mktemp("airflow_home"))
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], cwd=root, env=env,

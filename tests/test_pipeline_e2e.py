@@ -10,9 +10,8 @@ import json
 import subprocess
 
 import pytest
-import yaml
 
-from tests.conftest import copy_project, venv_env
+from tests.conftest import copy_project, set_params, venv_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -26,16 +25,6 @@ TINY = {
 }
 
 
-def tiny_params(root, overrides=TINY) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            params[section].update(values)
-        else:
-            params[section] = values
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def dvc(root, *args: str) -> str:
     done = subprocess.run(["dvc", *args], cwd=root, env=venv_env(root), capture_output=True, text=True)
     assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
@@ -45,7 +34,7 @@ def dvc(root, *args: str) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("medscan"))
-    tiny_params(root)
+    set_params(root, TINY)
     dvc(root, "repro")
     return root
 
@@ -86,7 +75,7 @@ def test_second_repro_is_a_no_op(project):
 
 
 def test_training_param_reruns_only_train_and_downstream(project):
-    tiny_params(project, {"train": {"learning_rate": 0.002}})
+    set_params(project, {"train": {"learning_rate": 0.002}})
     out = dvc(project, "repro", "--dry")
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert {"train@cnn_small", "train@cnn_medium"} <= ran
