@@ -74,6 +74,11 @@ class Paths:
     def model_dir(self, arch: str) -> Path:
         return self.root / "models" / arch
 
+    def train_fingerprint(self, arch: str) -> Path:
+        """sha256 of every image the model trained or early-stopped on (train + val): the gate
+        excludes them from the images it compares champion and challenger on."""
+        return self.model_dir(arch) / "train_fingerprint.json"
+
     def metrics_file(self, arch: str) -> Path:
         return self.root / "metrics" / f"{arch}.json"
 
