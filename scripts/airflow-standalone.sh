@@ -16,6 +16,8 @@ fi
 # Tasks run `dvc` and `python -m pipelines...`: the project venv comes first on their PATH.
 export PATH="$VENV_BIN:$PATH"
 export MEDSCAN_ROOT="$ROOT"
+# No usage telemetry from any tool (the switches pipelines/__init__.py sets).
+export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$ROOT/airflow_home}"
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
