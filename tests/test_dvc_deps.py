@@ -20,6 +20,8 @@ def stages() -> dict[str, StageCode]:
 def test_every_stage_lists_the_modules_it_imports(stages):
     assert {"ingest", "validate", "split", "compare", "promote"} <= set(stages)
     assert any(name.startswith("train@") for name in stages), "foreach stages are expanded"
+    for name, stage in stages.items():   # the check is not vacuous: every command runs project code
+        assert f"{command_modules(stage.cmd)[0].replace('.', '/')}.py" in stage_modules(PROJECT, stage.cmd), name
     missing = missing_deps(PROJECT, stages)
     assert not missing, "dvc.yaml deps miss modules the stage imports:\n" + report(PROJECT, missing)
 
