@@ -21,7 +21,7 @@ from pipelines import tracking
 from pipelines.config import Paths, load_params, project_root
 from pipelines.gradcam import gradcam, save_gradcam_grid
 from pipelines.inference import label_indices, load_bundle, metadata_for, predict_frame
-from pipelines.split import read_splits
+from pipelines.manifest import read_splits
 from pipelines.metrics import (age_band, classification_metrics, flatten_for_logging,
                                majority_baseline, subgroup_metrics)
 from pipelines.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability,

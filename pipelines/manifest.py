@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.config import Paths
+
 # Columns every manifest has, in order. Metadata columns follow where a data set has them.
 CORE_COLUMNS: tuple[str, ...] = (
     "image_id",     # stable id from the source (HAM image_id, file stem, ...)
@@ -27,6 +29,10 @@ CORE_COLUMNS: tuple[str, ...] = (
 METADATA_COLUMNS: tuple[str, ...] = ("age", "sex", "localization")
 
 QUARANTINE_COLUMNS: tuple[str, ...] = ("source_path", "reason", "detail", "sha256", "label")
+
+# The split stage's names, in the order every report lists them. Here, not in the split stage, because
+# train, evaluate and promote read the splits too and stages never import stages.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -68,3 +74,9 @@ def write_labels(classes: list[str], path: Path) -> None:
 
 def read_labels(path: Path) -> list[str]:
     return list(json.loads(path.read_text(encoding="utf-8"))["classes"])
+
+
+def read_splits(paths: Paths) -> dict[str, pd.DataFrame]:
+    """The split stage's output as one frame per split (row order is the manifest's)."""
+    frame = read_manifest(paths.splits)
+    return {s: frame[frame["split"] == s].reset_index(drop=True) for s in SPLITS}

@@ -22,7 +22,7 @@ from pipelines import registry, tracking
 from pipelines.config import Paths, load_params, project_root
 from pipelines.inference import label_indices, predict_frame
 from pipelines.metrics import classification_metrics
-from pipelines.split import read_splits
+from pipelines.manifest import read_splits
 
 
 @dataclass(frozen=True)

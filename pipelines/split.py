@@ -1,100 +1,139 @@
-"""Split stage: deterministic, stratified, group-aware train/val/test assignment.
+"""Split stage: a stable, group-keyed train/val/test assignment.
+
+A group's split is a pure function of its group id and `split.salt`: sha256(salt, group id) gives a
+point in [0, 1) that is compared with the cumulative ratios. Nothing else enters, so adding or
+removing cases never moves an existing group (a re-dealt split would put the champion's training
+images into today's test split and bias the gate), and a new image of a known lesion or patient joins
+its group's split. Re-dealing is a deliberate act: a new salt.
 
 Groups (lesions, patients/slides) never straddle two splits, otherwise near-identical images of one
-lesion land in train and test and the test score leaks. A split given by the distribution
-(DermNet's train/test folders, `split_hint`) is respected; only its train part is cut into train/val.
+lesion land in train and test and the test score leaks. A test split given by the distribution
+(DermNet's test folder, `split_hint == "test"`) is respected: those groups are test, and the other
+groups share train/val at the renormalised ratios.
+
+Hashing stratifies only in expectation, so the report states per class how far each split's share is
+from its target; a class that ends up with no training group fails the stage with a clear message
+(the cure is more cases of that class, or another salt).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipelines.config import Paths, load_params, project_root
-from pipelines.manifest import read_manifest, write_manifest
+from pipelines.manifest import SPLITS, read_manifest, write_manifest
 
-SPLITS = ("train", "val", "test")
-
-
-def _group_labels(frame: pd.DataFrame) -> pd.Series:
-    """Majority label per group (groups are almost always single-label), for stratification."""
-    return frame.groupby("group_id")["label"].agg(lambda s: s.value_counts().index[0])
+GIVEN_TEST = "test"  # the split_hint value that pins a group to the test split
 
 
-def _allocate(groups: list[str], sizes: Mapping[str, int], targets: Mapping[str, float]) -> dict[str, str]:
-    """Fill the held-out splits group by group to their target image counts; the rest train.
-
-    Every held-out split gets at least one group when there are enough groups to keep one in train.
-    """
-    assignment: dict[str, str] = {}
-    total = sum(sizes[g] for g in groups)
-    remaining = list(groups)
-    held_out = [s for s in targets if s != "train" and targets[s] > 0]
-    for split in held_out:
-        want = targets[split] * total
-        taken = 0
-        while remaining and (taken < want or taken == 0) and len(remaining) > len(held_out):
-            if taken > 0 and taken + sizes[remaining[0]] / 2 > want:
-                break
-            group = remaining.pop(0)
-            assignment[group] = split
-            taken += sizes[group]
-    for group in remaining:
-        assignment[group] = "train"
-    return assignment
+def group_points(group_ids: Iterable[str], salt: str) -> np.ndarray:
+    """A uniform point in [0, 1) per group id: the top 53 bits of sha256(salt NUL group id)."""
+    return np.array([(int.from_bytes(hashlib.sha256(f"{salt}\0{g}".encode()).digest()[:8], "big") >> 11)
+                     / float(1 << 53) for g in group_ids], dtype=np.float64)
 
 
-def assign_splits(frame: pd.DataFrame, ratios: Mapping[str, float], seed: int) -> pd.Series:
-    """Return the split of every manifest row (index-aligned)."""
-    total_ratio = sum(ratios[s] for s in SPLITS)
-    rng = np.random.default_rng(seed)
-    split = pd.Series("train", index=frame.index, dtype=object)
-    hint = frame.get("split_hint", pd.Series("", index=frame.index)).fillna("")
-    given_test = hint == "test"
-    split[given_test] = "test"
-    pool = frame[~given_test]
-    if given_test.any():  # the distribution fixed the test set: share the rest between train and val
-        targets = {"train": ratios["train"], "val": ratios["val"]}
-    else:
-        targets = {s: ratios[s] for s in SPLITS}
-    norm = sum(targets.values()) or total_ratio
-    targets = {k: v / norm for k, v in targets.items()}
-    sizes = pool.groupby("group_id").size().to_dict()
-    labels = _group_labels(pool)
-    for label in sorted(labels.unique()):
-        groups = sorted(labels[labels == label].index)
-        rng.shuffle(groups)
-        for group, name in _allocate(groups, sizes, targets).items():
-            split[pool.index[pool["group_id"] == group]] = name
+def _given_test(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose group the distribution put in its test split (one test-hinted image pins the group)."""
+    hint = frame["split_hint"].fillna("") if "split_hint" in frame else pd.Series("", index=frame.index)
+    test_groups = frame.loc[hint.astype(str) == GIVEN_TEST, "group_id"].unique()
+    return frame["group_id"].isin(test_groups)
+
+
+def dealt_targets(ratios: Mapping[str, Any], given_test: bool) -> dict[str, float]:
+    """The ratios the hash deals by: all three, or train/val renormalised when test is given."""
+    names = ("train", "val") if given_test else SPLITS
+    values = {s: float(ratios[s]) for s in names}
+    if any(v < 0 for v in values.values()) or sum(values.values()) <= 0:
+        raise ValueError(f"split ratios must be >= 0 with a positive sum, got {values}")
+    total = sum(values.values())
+    return {s: v / total for s, v in values.items()}
+
+
+def assign_splits(frame: pd.DataFrame, ratios: Mapping[str, Any], salt: str) -> pd.Series:
+    """Return the split of every manifest row (index-aligned): a function of its group id and salt."""
+    given = _given_test(frame)
+    targets = dealt_targets(ratios, bool(given.any()))
+    groups = pd.Index(frame.loc[~given, "group_id"].astype(str).unique())
+    points = group_points(groups, str(salt))
+    edges = np.cumsum(list(targets.values()))[:-1]  # the last split takes everything above the edges
+    names = np.array(list(targets))[np.searchsorted(edges, points, side="right")]
+    split = pd.Series(GIVEN_TEST, index=frame.index, dtype=object)
+    split[~given] = frame.loc[~given, "group_id"].astype(str).map(dict(zip(groups, names)))
     return split
 
 
-def split_report(frame: pd.DataFrame) -> dict:
-    """Class counts per split and an explicit count of groups found in more than one split."""
+def _shares(labels: pd.Series, split: pd.Series, targets: Mapping[str, float]) -> dict[str, Any]:
+    """Each split's share of these rows, its signed distance from the target, and the worst distance."""
+    n = len(labels)
+    share = {s: float((split == s).sum()) / n if n else 0.0 for s in targets}
+    deviation = {s: round(share[s] - targets[s], 4) for s in targets}
+    return {"images": n, "share": {s: round(v, 4) for s, v in share.items()}, "deviation": deviation,
+            "max_abs_deviation": max((abs(v) for v in deviation.values()), default=0.0)}
+
+
+def split_report(frame: pd.DataFrame, ratios: Mapping[str, Any], salt: str) -> dict[str, Any]:
+    """Sizes, class counts per split, group overlap, and how far each class is from the target ratios.
+
+    The deviation is measured on the images the hash dealt: a given test split is not a ratio target,
+    so then it covers train/val among the non-test images, at the renormalised ratios.
+    """
+    given = _given_test(frame)
+    targets = dealt_targets(ratios, bool(given.any()))
     counts = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
     groups_per = frame.groupby("group_id")["split"].nunique()
+    dealt = frame[~given]
+    per_class = {str(label): _shares(rows["label"], rows["split"], targets)
+                 for label, rows in dealt.groupby("label", sort=True)}
     return {
+        "salt": str(salt),
+        "given_test_split": bool(given.any()),
         "sizes": {s: int((frame["split"] == s).sum()) for s in SPLITS},
         "groups": {s: int(frame.loc[frame["split"] == s, "group_id"].nunique()) for s in SPLITS},
         "overlapping_groups": int((groups_per > 1).sum()),
         "class_counts": {s: {k: int(v) for k, v in counts.loc[s].items()} if s in counts.index else {}
                          for s in SPLITS},
+        "stratification": {
+            "target": {s: round(v, 4) for s, v in targets.items()},
+            "overall": _shares(dealt["label"], dealt["split"], targets),
+            "per_class": per_class,
+            "max_abs_deviation_any_class": max((c["max_abs_deviation"] for c in per_class.values()),
+                                               default=0.0),
+        },
     }
 
 
-def read_splits(paths: Paths) -> dict[str, pd.DataFrame]:
-    """The split stage's output as one frame per split (row order is the manifest's)."""
-    frame = read_manifest(paths.splits)
-    return {s: frame[frame["split"] == s].reset_index(drop=True) for s in SPLITS}
+def split_problems(frame: pd.DataFrame, ratios: Mapping[str, Any], salt: str) -> list[str]:
+    """What makes this split unusable, one sentence each: a class with no training image, or a
+    split with a positive target and no image at all. No fallback moves a group, since that would
+    break the stability the hash gives: the fix is more cases, or a deliberate re-deal."""
+    problems = []
+    train_labels = set(frame.loc[frame["split"] == "train", "label"])
+    for label, rows in frame.groupby("label", sort=True):
+        if label not in train_labels:
+            where = rows.groupby("split")["group_id"].nunique().to_dict()
+            problems.append(f"class {label!r} has no training image: its {rows['group_id'].nunique()} "
+                            f"group(s) hashed to {where} under split.salt={salt!r}; add cases of this "
+                            "class, or re-deal every group on purpose with another split.salt")
+    targets = dealt_targets(ratios, bool(_given_test(frame).any()))
+    for name, target in targets.items():
+        if target > 0 and not (frame["split"] == name).any():
+            problems.append(f"split {name!r} is empty: {frame['group_id'].nunique()} group(s) are too few "
+                            f"for target {target:.2f} under split.salt={salt!r}; add cases or change the salt")
+    return problems
 
 
 def run(paths: Paths, params: Mapping) -> dict:
+    ratios, salt = params["split"], str(params["split"]["salt"])
     frame = read_manifest(paths.manifest)
-    frame["split"] = assign_splits(frame, params["split"], int(params["split"]["seed"]))
-    report = split_report(frame)
+    frame["split"] = assign_splits(frame, ratios, salt)
+    report = split_report(frame, ratios, salt)
+    report["problems"] = split_problems(frame, ratios, salt)
 
     from pipelines.validate import validate_splits  # GE check of the same facts, in Data Docs terms
 
@@ -103,16 +142,19 @@ def run(paths: Paths, params: Mapping) -> dict:
     write_manifest(frame, paths.splits)
     paths.split_report.parent.mkdir(parents=True, exist_ok=True)
     paths.split_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    if report["overlapping_groups"] or not outcome.success:
-        raise SystemExit("split validation failed:\n" + outcome.summary())
+    if report["overlapping_groups"] or report["problems"] or not outcome.success:
+        raise SystemExit("split validation failed:\n" + "".join(f"FAIL {p}\n" for p in report["problems"])
+                         + outcome.summary())
     return report
 
 
 def main() -> None:
     root = project_root()
     report = run(Paths(root), load_params(root))
-    print(f"split: {report['sizes']} (groups {report['groups']}), "
-          f"overlapping groups: {report['overlapping_groups']}", file=sys.stderr)
+    strat = report["stratification"]
+    print(f"split (salt {report['salt']!r}): {report['sizes']} (groups {report['groups']}), "
+          f"overlapping groups: {report['overlapping_groups']}, largest class deviation from "
+          f"{strat['target']}: {strat['max_abs_deviation_any_class']:.3f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

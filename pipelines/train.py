@@ -24,8 +24,7 @@ from pipelines.data import make_dataset
 from pipelines.datasets import get_adapter
 from pipelines.features import encode_metadata, metadata_layout
 from pipelines.losses import class_weights, make_loss
-from pipelines.manifest import read_labels
-from pipelines.split import read_splits
+from pipelines.manifest import read_labels, read_splits
 from pipelines.zoo import build_model, input_size
 
 PIP_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "keras==3.15.1"]

@@ -26,14 +26,14 @@ import pandas as pd
 
 from pipelines.config import Paths, load_params, project_root
 from pipelines.features import UNKNOWN
-from pipelines.manifest import CORE_COLUMNS, read_labels, read_manifest
+from pipelines.manifest import CORE_COLUMNS, SPLITS, read_labels, read_manifest
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from great_expectations.data_context import AbstractDataContext
 
 SUITE_DIR = Path(__file__).resolve().parent.parent / "expectations"
 MANIFEST_BATCH = "manifest"
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+SPLIT_NAMES: tuple[str, ...] = SPLITS
 DOCS_SITE = "medscan"
 MAX_EXAMPLES = 5
 
