@@ -259,11 +259,14 @@ def freeze_batchnorm(model: keras.Model) -> int:
     return len(bns)
 
 
-def imagenet_classifier(variant: str = "lite0", image_size: int | None = None,
-                        weights: str | None = "pypi") -> keras.Model:
-    """The original 1000-way ImageNet network (logits, no softmax): for checking the weights."""
-    size = image_size or VARIANTS[variant][2]
-    image = keras.Input((size, size, 3), name=heads.IMAGE_INPUT)
+def imagenet_classifier(variant: str = "lite0", weights: str | None = "pypi",
+                        image_shape: tuple[int | None, int | None] = (None, None)) -> keras.Model:
+    """The original 1000-way ImageNet network (logits, no softmax): for checking the weights.
+
+    Any image size by default (``None`` spatial dims); the variant's native size (224 for
+    lite0) is what the weights were trained at.
+    """
+    image = keras.Input((*image_shape, 3), name=heads.IMAGE_INPUT)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(backbone(image, variant))
     logits = layers.Dense(1000, name=LOGITS_LAYER)(x)
     model = keras.Model(image, logits, name=f"efficientnet_{variant}_imagenet")
