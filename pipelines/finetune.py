@@ -134,19 +134,19 @@ def _recompile(model: keras.Model, compile_config: dict[str, Any], lr_factor: fl
     model.compile(**{**compiled, "optimizer": optimizer})
 
 
-def fit(model: keras.Model, spec: Mapping[str, Any], x: Any = None, *, epochs: int,
+def fit(model: keras.Model, spec: Mapping[str, Any], *args: Any, epochs: int,
         **fit_kwargs: Any) -> keras.callbacks.History:
     """``model.fit``, in two phases when the zoo entry ``spec`` asks for them (compiled model)."""
     plan = plan_from_spec(spec)
     if plan is None:
-        return model.fit(x, epochs=epochs, **fit_kwargs)
+        return model.fit(*args, epochs=epochs, **fit_kwargs)
     if not model.compiled:
         raise ValueError("finetune.fit needs a compiled model (its optimizer, loss and metrics)")
     config = model.get_compile_config()
     freeze_backbone(model)
     _recompile(model, config, 1.0)
     log.info("phase 1: head only, %d epochs", min(plan.head_epochs, epochs))
-    first = model.fit(x, epochs=min(plan.head_epochs, epochs), **fit_kwargs)
+    first = model.fit(*args, epochs=min(plan.head_epochs, epochs), **fit_kwargs)
     done = len(first.epoch)
     rest = epochs - plan.head_epochs
     if rest <= 0 or plan.unfreeze_blocks == 0:
@@ -154,7 +154,7 @@ def fit(model: keras.Model, spec: Mapping[str, Any], x: Any = None, *, epochs: i
     chosen = unfreeze_top(model, plan.unfreeze_blocks)
     _recompile(model, config, plan.lr_factor)
     log.info("phase 2: blocks %s at lr x %g, %d epochs", chosen, plan.lr_factor, rest)
-    second = model.fit(x, epochs=done + rest, initial_epoch=done, **fit_kwargs)
+    second = model.fit(*args, epochs=done + rest, initial_epoch=done, **fit_kwargs)
     merged = keras.callbacks.History()
     merged.set_model(model)
     merged.epoch = first.epoch + second.epoch

