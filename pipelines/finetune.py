@@ -90,7 +90,8 @@ def unfreeze_top(model: keras.Model, n_blocks: int | None) -> list[str]:
     groups = blocks(model)
     if n_blocks is not None and n_blocks > len(groups):
         raise ValueError(
-            f"unfreeze_blocks {n_blocks} > the {len(groups)} blocks of {model.name!r}: {list(groups)}"
+            f"unfreeze_blocks {n_blocks} > the {len(groups)} blocks of {model.name!r}: "
+            f"{list(groups)}"
         )
     chosen = list(groups)[-n_blocks:] if n_blocks else (list(groups) if n_blocks is None else [])
     for name in chosen:
@@ -158,5 +159,6 @@ def fit(model: keras.Model, spec: Mapping[str, Any], *args: Any, epochs: int,
     merged = keras.callbacks.History()
     merged.set_model(model)
     merged.epoch = first.epoch + second.epoch
-    merged.history = {k: list(first.history.get(k, [])) + list(v) for k, v in second.history.items()}
+    merged.history = {k: list(first.history.get(k, [])) + list(v)
+                      for k, v in second.history.items()}
     return merged

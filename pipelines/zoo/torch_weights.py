@@ -65,8 +65,11 @@ class _TensorRef:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor(storage: _StorageRef, offset: int, size: Any, stride: Any, *_: Any) -> _TensorRef:
-    return _TensorRef(storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+def _rebuild_tensor(
+    storage: _StorageRef, offset: int, size: Any, stride: Any, *_: Any
+) -> _TensorRef:
+    shape, strides = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    return _TensorRef(storage, int(offset), shape, strides)
 
 
 def _rebuild_parameter(data: _TensorRef, *_: Any) -> _TensorRef:
