@@ -131,7 +131,7 @@ def build_model(
 
 
 def load_model(path: str | Path, *, compile: bool = True) -> keras.Model:
-    """``keras.models.load_model`` with the zoo's layers and medscan losses registered."""
-    from pipelines import losses  # noqa: F401  (registers WeightedCategoricalCrossentropy)
+    """``keras.models.load_model`` with the zoo's layers, medscan losses and schedules registered."""
+    from pipelines import finetune, losses  # noqa: F401  (register ScaledSchedule, the losses)
 
     return keras.models.load_model(path, compile=compile)
