@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines import tracking
+from pipelines import finetune, tracking
 from pipelines.config import Paths, load_params, project_root
 from pipelines.data import make_dataset
 from pipelines.datasets import get_adapter
@@ -102,8 +102,8 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
             MlflowEpochLogger(),
         ]
         started = time.perf_counter()
-        history = model.fit(train_ds, validation_data=val_ds, epochs=int(tp["epochs"]),
-                            class_weight=weights, callbacks=callbacks, verbose=2)
+        history = finetune.fit(model, spec, train_ds, validation_data=val_ds, epochs=int(tp["epochs"]),
+                               class_weight=weights, callbacks=callbacks, verbose=2)
         seconds = time.perf_counter() - started
         hist = {k: [float(x) for x in v] for k, v in history.history.items()}
         best_epoch = int(np.argmin(hist["val_loss"])) if hist.get("val_loss") else len(hist["loss"]) - 1

@@ -2,9 +2,11 @@
 
 A ``zoo:`` entry in params.yaml names a family (``builder``) and that family's options, which
 are exactly the keyword-only parameters of the family's ``build`` function (checked here, so a
-typo in params.yaml fails loudly instead of being ignored). Every model follows the contract in
-:mod:`pipelines.zoo.heads`: raw [0, 255] ``image`` input (+ ``metadata`` when
-``metadata_dim > 0``), preprocessing inside, ``features`` layer, float32 softmax ``probs``.
+typo in params.yaml fails loudly instead of being ignored), plus the transfer-learning options
+in :data:`FINE_TUNE_OPTIONS` (read by :mod:`pipelines.finetune`, never by a builder). Every
+model follows the contract in :mod:`pipelines.zoo.heads`: raw [0, 255] ``image`` input
+(+ ``metadata`` when ``metadata_dim > 0``), preprocessing inside, ``features`` layer, float32
+softmax ``probs``.
 
 Importing this package registers the custom layers (``medscan>SoftAttention``,
 ``medscan>ImageNetPreprocess``), which ``keras.models.load_model`` needs; :func:`load_model`
@@ -20,7 +22,16 @@ from typing import Any
 
 import keras
 
-from pipelines.zoo import alexnet, custom_cnn, googlenet, heads, keras_apps, lenet, malaria_cnn
+from pipelines.zoo import (
+    alexnet,
+    custom_cnn,
+    efficientnet_lite,
+    googlenet,
+    heads,
+    keras_apps,
+    lenet,
+    malaria_cnn,
+)
 from pipelines.zoo.heads import (
     ATTENTION_LAYER,
     FEATURES_LAYER,
@@ -42,13 +53,18 @@ BUILDERS: dict[str, Builder] = {
     "alexnet_small": alexnet.build,
     "googlenet_small": googlenet.build,
     "keras_app": keras_apps.build,
+    "efficientnet_lite": efficientnet_lite.build,
 }
+
+# Options any zoo entry may carry for two-phase transfer learning (pipelines.finetune).
+FINE_TUNE_OPTIONS: tuple[str, ...] = ("head_epochs", "unfreeze_blocks", "fine_tune_lr_factor")
 
 __all__ = [
     "ATTENTION_LAYER",
     "BACKBONES",
     "BUILDERS",
     "FEATURES_LAYER",
+    "FINE_TUNE_OPTIONS",
     "IMAGE_INPUT",
     "METADATA_INPUT",
     "PROBS_LAYER",
@@ -95,7 +111,7 @@ def build_model(
         raise ValueError(
             f"zoo entry needs a 'builder' key (one of {sorted(BUILDERS)}); got {dict(spec)}"
         )
-    options = {k: v for k, v in spec.items() if k != "builder"}
+    options = {k: v for k, v in spec.items() if k != "builder" and k not in FINE_TUNE_OPTIONS}
     builder = spec["builder"]
     allowed = builder_options(builder)
     unknown = sorted(set(options) - set(allowed) | ({"name"} & set(options)))
@@ -115,7 +131,7 @@ def build_model(
 
 
 def load_model(path: str | Path, *, compile: bool = True) -> keras.Model:
-    """``keras.models.load_model`` with the zoo's layers and medscan losses registered."""
-    from pipelines import losses  # noqa: F401  (registers WeightedCategoricalCrossentropy)
+    """``keras.models.load_model`` with the zoo's layers, medscan losses and schedules registered."""
+    from pipelines import finetune, losses  # noqa: F401  (register ScaledSchedule, the losses)
 
     return keras.models.load_model(path, compile=compile)
