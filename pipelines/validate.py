@@ -103,15 +103,16 @@ class ValidationOutcome:
         return sum(1 for r in self.results if not r["success"])
 
     def summary(self) -> str:
-        """One header line, then one line per failed expectation, readable without Data Docs."""
+        """One header line, one line per failed expectation, then the quarantine count: readable
+        without Data Docs."""
         state = "passed" if self.success else "FAILED"
         lines = [f"validation {self.name}: {state} ({self.failed} of {self.evaluated} expectations "
                  f"failed, {self.rows} rows)"]
+        lines += [_describe_failure(r) for r in self.results if not r["success"]]
         if self.quarantine:
             q = self.quarantine
             lines.append(f"quarantined {q['quarantined']} of {q['offered']} offered cases "
                          f"({100 * q['rate']:.2f}%: {q['reasons']}); see data/quarantine.csv")
-        lines += [_describe_failure(r) for r in self.results if not r["success"]]
         if self.docs_index is not None:
             lines.append(f"Data Docs: {self.docs_index}")
         return "\n".join(lines)
