@@ -89,7 +89,8 @@ class CaseBounds:
         if isinstance(age, (int, float)) and not math.isnan(age):
             low, high = self.age_range
             if not low <= age <= high:
-                return BoundReason.AGE_OUT_OF_RANGE, f"age {age:g} outside bounds.age_range [{low:g}, {high:g}]"
+                detail = f"age {age:g} outside bounds.age_range [{low:g}, {high:g}]"
+                return BoundReason.AGE_OUT_OF_RANGE, detail
         return None
 
     def suite_parameters(self, categorical_values: Mapping[str, Sequence[str]]) -> dict[str, Any]:

@@ -69,10 +69,10 @@ class ImageCache:
         for line in self.index_path.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
-                info = ImageInfo(
-                    rec["sha256"], int(rec["width"]), int(rec["height"]), rec["mode"], rec["format"],
-                    self.dir / stored_name(rec["sha256"]), (int(rec["stored_width"]), int(rec["stored_height"])),
-                )
+                sha = rec["sha256"]
+                stored = (int(rec["stored_width"]), int(rec["stored_height"]))
+                info = ImageInfo(sha, int(rec["width"]), int(rec["height"]), rec["mode"], rec["format"],
+                                 self.dir / stored_name(sha), stored)
             except (ValueError, KeyError, TypeError):
                 continue
             known[info.sha256] = info
