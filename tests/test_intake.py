@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import unicodedata
@@ -454,3 +455,47 @@ def test_cli_dvc_add_versions_the_intake_folder(tmp_path):
     ).stdout
     assert json.loads(out.strip().splitlines()[-1])["accepted"] == 2
     assert "outs:" in (project / "data" / "intake.dvc").read_text()
+
+
+# ------------------------------------------------------------------ through DVC: one bad case never blocks
+
+
+@pytest.mark.slow
+def test_dvc_repro_quarantines_bad_cases_reuses_decoded_images_and_validates(tmp_path):
+    """`dvc repro` deletes ingest's outputs before it runs: the cache still spares the decoding,
+    and bad cases, new or appended to cases.csv before the bounds existed, never fail validate."""
+    from tests.conftest import copy_project, set_params, venv_env
+
+    root = copy_project(tmp_path / "project")
+    set_params(root, {"demo": {"images_per_class": 12, "image_size": 24}})
+    env = venv_env(root)
+
+    def dvc_repro() -> str:
+        done = subprocess.run(["dvc", "repro", "validate"], cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
+
+    first = re.search(r"(\d+) images hashed \((\d+) decoded, 0 reused from the cache\)", dvc_repro())
+    assert first and first[1] == first[2]
+    demo = int(first[1])
+    intake_dir = root / "data" / "intake"
+    old = image_bytes(300, "JPEG")  # accepted before the bounds existed: intake files are append-only
+    write(intake_dir / "images" / f"{sha(old)}.jpg", old)
+    with open(intake_dir / "cases.csv", "a", encoding="utf-8") as fh:
+        fh.write(f"images/{sha(old)}.jpg,mel,HAM_OLD,500,male,back,{sha(old)},2024-01-01T00:00:00Z\n")
+    drop = ham_drop(tmp_path, {"old.jpg": image_bytes(301, "JPEG"), "wide.png": bomb_png(30_000, 10)},
+                    [("old.jpg", "mel", "HAM_9", "500", "male", "back"),
+                     ("wide.png", "nv", "HAM_10", "40", "male", "back")])
+    taken = subprocess.run([sys.executable, "-m", "pipelines.intake", "--drop", str(drop)], cwd=root, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    summary = json.loads(taken.strip().splitlines()[-1])
+    assert summary["accepted"] == 2 and summary["by_reason"] == {"age_out_of_range": 1, "too_large": 1}
+
+    assert f"(2 decoded, {demo} reused from the cache)" in dvc_repro()
+    quarantine = pd.read_csv(root / "data" / "quarantine.csv", dtype=str, keep_default_na=False)
+    assert quarantine[["source_path", "reason"]].values.tolist() == [
+        [f"intake/images/{sha(old)}.jpg", "age_out_of_range"]]
+    manifest = pd.read_parquet(root / "data" / "manifest.parquet")
+    assert len(manifest) == demo + 2 and sha(old) not in set(manifest["sha256"])
+    validation = json.loads((root / "reports" / "validation.json").read_text())
+    assert validation["success"] is True and validation["quarantined"] == 1
