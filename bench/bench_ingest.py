@@ -1,6 +1,7 @@
 """Ingest throughput on the full real data copies, with 1 and with 2 worker processes side by side.
 
-Each run is the unchanged `pipelines.ingest.ingest` into a throw-away project folder. The data set
+Each run is the unchanged `pipelines.ingest.ingest` into a throw-away project folder, so with a cold
+ingest cache: every image is decoded (bench_incremental_ingest.py measures the warm case). The data set
 files are read once beforehand so that both worker settings start from a warm page cache. The
 machine is shared: with --repeat N the worker settings alternate N times and the table keeps each
 setting's fastest run (the least disturbed); ingest.json keeps every run.
@@ -26,6 +27,7 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
+from pipelines.bounds import CaseBounds  # noqa: E402
 from pipelines.config import Paths, load_params  # noqa: E402
 from pipelines.ingest import ingest  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
@@ -49,11 +51,13 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def bench_one(dataset: str, workers: int, params: dict[str, Any]) -> dict[str, Any]:
+def bench_one(dataset: str, workers: int, params: dict[str, Any], bounds: CaseBounds) -> dict[str, Any]:
     """One full ingest. CPU ms per image barely depends on what else the machine runs; images/s does."""
     with tempfile.TemporaryDirectory(prefix=f"bench-ingest-{dataset}-") as tmp:
         started, cpu = time.perf_counter(), cpu_seconds()
-        summary = ingest(dataset, SHARED_DATA / dataset, Paths(Path(tmp)), params | {"workers": workers})
+        summary = ingest(
+            dataset, SHARED_DATA / dataset, Paths(Path(tmp)), params | {"workers": workers}, None, bounds
+        )
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     return summary.to_dict() | {
         "dataset": dataset,
@@ -64,7 +68,11 @@ def bench_one(dataset: str, workers: int, params: dict[str, Any]) -> dict[str, A
 
 
 def markdown(
-    rows: list[dict[str, Any]], params: dict[str, Any], load: tuple[float, float, float], repeat: int
+    rows: list[dict[str, Any]],
+    params: dict[str, Any],
+    load: tuple[float, float, float],
+    repeat: int,
+    bounds: CaseBounds,
 ) -> str:
     base = {r["dataset"]: r["images_per_s"] for r in rows if r["workers"] == 1}
     lines = [
@@ -72,8 +80,9 @@ def markdown(
         "",
         f"`python -m bench.bench_ingest` on {platform.node()}: {os.cpu_count()} CPU cores (shared with other "
         f"work; 1-min load average before the run {load[0]:.2f}), Python {platform.python_version()}.",
-        f"Params: store_max_side={params['store_max_side']}, max_pixels={params['max_pixels']}, "
-        f"min_side={params['min_side']}. Files were read once beforehand (warm page cache).",
+        f"Params: store_max_side={params['store_max_side']}, bounds: max_pixels={bounds.max_pixels}, "
+        f"min_side={bounds.min_side}, max_side={bounds.max_side}. Files were read once beforehand (warm "
+        "page cache); the ingest cache is cold (a fresh project per run).",
         "images/s = candidates hashed + decoded + stored per second of the decode phase; wall = whole "
         f"stage (scan, decode, dedup, manifest, prune). Fastest of {repeat} alternating run(s) per row.",
         "CPU ms/image = user+system CPU of the stage and its workers per image: it does not depend on "
@@ -101,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="alternate the worker settings N times")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    params = dict(load_params(PROJECT)["ingest"])
+    all_params = load_params(PROJECT)
+    params, bounds = dict(all_params["ingest"]), CaseBounds.from_params(all_params)
     load = os.getloadavg()
     rows = []
     for dataset in args.datasets:
@@ -109,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             logging.warning("skipping %s: no %s", dataset, SHARED_DATA / dataset)
             continue
         warm_cache(SHARED_DATA / dataset)
-        rows.extend(bench_one(dataset, w, params) for _ in range(args.repeat) for w in args.workers)
+        rows.extend(bench_one(dataset, w, params, bounds) for _ in range(args.repeat) for w in args.workers)
     best = fastest(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ingest.json").write_text(
         json.dumps({"params": params, "load_before": load, "runs": rows}, indent=2) + "\n"
     )
-    (RESULTS / "ingest.md").write_text(markdown(best, params, load, args.repeat))
-    print(markdown(best, params, load, args.repeat))
+    (RESULTS / "ingest.md").write_text(markdown(best, params, load, args.repeat, bounds))
+    print(markdown(best, params, load, args.repeat, bounds))
     return 0
 
 

@@ -30,6 +30,12 @@ class Paths:
         return self.data / "images"
 
     @property
+    def ingest_cache(self) -> Path:
+        """Normalised copies by sha256 and normalisation digest (git-ignored, not a DVC output):
+        what lets ingest decode only new images. See pipelines/image_cache.py."""
+        return self.root / ".cache" / "ingest"
+
+    @property
     def manifest(self) -> Path:
         return self.data / "manifest.parquet"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 import warnings
@@ -21,9 +22,10 @@ import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
+import PIL
 from PIL import Image, UnidentifiedImageError
 
 
@@ -35,6 +37,7 @@ class ImageReason(StrEnum):
     NOT_AN_IMAGE = "not_an_image"  # no image format recognised the bytes
     DECOMPRESSION_BOMB = "decompression_bomb"
     TOO_SMALL = "too_small"
+    TOO_LARGE = "too_large"  # a side over bounds.max_side (a scan strip, a stitched panorama)
     TRUNCATED_IMAGE = "truncated_image"
     CORRUPT_IMAGE = "corrupt_image"  # recognised, but the pixel data does not decode
     UNSUPPORTED_MODE = "unsupported_mode"  # decoded, but no sane conversion to RGB exists
@@ -56,17 +59,13 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """The `ingest` knobs that decide what a usable image is (see params.yaml)."""
+    """What a usable image is: built by `pipelines.bounds.CaseBounds.image_limits` from params.yaml
+    `bounds:` (sizes) and `ingest.store_max_side` (the normalised copy). Defaults equal params.yaml."""
 
     store_max_side: int = 256
     max_pixels: int = 40_000_000
     min_side: int = 8
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "ImageLimits":
-        """Build from the `ingest` section of params.yaml; missing keys keep the defaults."""
-        fields = {k: int(params[k]) for k in ("store_max_side", "max_pixels", "min_side") if k in params}
-        return cls(**fields)
+    max_side: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -90,6 +89,24 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 #   level 1:                    HAM 2.3 ms 37 KiB, DermNet 4.2 ms 65 KiB, malaria 1.1 ms 14.5 KiB
 #   level 1 + Z_RLE (chosen):   HAM 2.1 ms 34 KiB, DermNet 2.8 ms 68 KiB, malaria 0.9 ms 13.1 KiB
 PNG_SAVE_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
+# Bump when a change here alters the bytes of a normalised copy: it invalidates the ingest cache.
+NORMALISATION_VERSION = 1
+
+
+def normalisation_digest(store_max_side: int) -> str:
+    """Short digest of everything that decides the bytes of a normalised copy, for cache keys.
+
+    The size bounds are left out on purpose: they decide acceptance, not the bytes, and are
+    re-checked on every run from the recorded original size.
+    """
+    facts = {
+        "version": NORMALISATION_VERSION,
+        "store_max_side": int(store_max_side),
+        "png": {k: int(v) for k, v in sorted(PNG_SAVE_OPTIONS.items())},
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+    }
+    return sha256_hex(json.dumps(facts, sort_keys=True).encode())[:16]
 
 
 def sha256_hex(data: bytes) -> str:
@@ -168,15 +185,24 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
         raise ImageRejected(ImageReason.NOT_AN_IMAGE, f"{type(exc).__name__}: {exc}") from exc
     except OSError as exc:  # a format was recognised, but its header is cut short or broken
         raise _decode_failure(exc) from exc
-    width, height = img.size
+    problem = size_problem(*img.size, limits)
+    if problem is not None:
+        raise problem
+    return img
+
+
+def size_problem(width: int, height: int, limits: ImageLimits) -> ImageRejected | None:
+    """The one size check (header of a new file, or the recorded size of a cached one)."""
     if width * height > limits.max_pixels:
-        raise ImageRejected(
+        return ImageRejected(
             ImageReason.DECOMPRESSION_BOMB,
-            f"{width}x{height} = {width * height} pixels > max_pixels {limits.max_pixels}",
+            f"{width}x{height} = {width * height} pixels > bounds.max_pixels {limits.max_pixels}",
         )
     if min(width, height) < limits.min_side:
-        raise ImageRejected(ImageReason.TOO_SMALL, f"{width}x{height} < min_side {limits.min_side}")
-    return img
+        return ImageRejected(ImageReason.TOO_SMALL, f"{width}x{height} < bounds.min_side {limits.min_side}")
+    if max(width, height) > limits.max_side:
+        return ImageRejected(ImageReason.TOO_LARGE, f"{width}x{height} > bounds.max_side {limits.max_side}")
+    return None
 
 
 def _decode(img: Image.Image, limits: ImageLimits) -> None:

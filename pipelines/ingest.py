@@ -6,7 +6,14 @@ Writes, relative to the project root:
   data/quarantine.csv        everything offered that did not make it, with a reason
   data/labels.json           classes present, in the adapter's canonical order
 
-Every candidate ends in the manifest or the quarantine: nothing is silently lost.
+Every candidate ends in the manifest or the quarantine: nothing is silently lost. Each case is
+held to params.yaml `bounds:` (pipelines.bounds): an impossible age or image size is quarantined
+here with its reason, so one bad delivery never fails the validate stage for everybody.
+
+Incremental: normalised copies are kept in a git-ignored cache keyed by sha256 and a digest of the
+normalisation params (pipelines.image_cache explains why a cache and not `persist: true`). Every
+source file is hashed; only those the cache lacks are decoded. The outputs are byte-identical to a
+cold run: the cache holds exactly the bytes a cold run stores, and the bounds are re-checked.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import pandas as pd
 from tqdm import tqdm
 
+from pipelines.bounds import CaseBounds, screen_candidates
 from pipelines.config import Paths, load_params, project_root, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
 from pipelines.datasets.base import Candidate, Rejected, SourceReason, resolve_duplicates
-from pipelines.images import ImageInfo, ImageLimits, ImageRejected, stored_name, try_normalize
+from pipelines.image_cache import ImageCache, reuse_or_normalize
+from pipelines.images import ImageInfo, ImageLimits, ImageRejected, stored_name
 from pipelines.intake import intake_dir_for, scan_cases
 from pipelines.manifest import (
     CORE_COLUMNS,
@@ -57,18 +66,20 @@ class IngestSummary:
     seconds: float = 0.0
     decode_seconds: float = 0.0
     workers: int = 1
+    decoded: int = 0  # images decoded and normalised this run
+    reused: int = 0  # images taken from the ingest cache instead (hashed, never decoded)
 
     @property
     def images_per_s(self) -> float:
-        """Candidates hashed and decoded per second of decoding (the throughput that scales)."""
+        """Candidates hashed (and decoded or reused) per second of that phase."""
         return self.candidates / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
     def line(self) -> str:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.by_reason.items())) or "none"
         return (
             f"ingest {self.adapter}: {self.accepted} accepted, {self.quarantined} quarantined ({reasons}); "
-            f"{self.candidates} images decoded at {self.images_per_s:.1f} images/s with {self.workers} "
-            f"worker(s), {self.seconds:.1f} s in all"
+            f"{self.candidates} images hashed ({self.decoded} decoded, {self.reused} reused from the cache) "
+            f"at {self.images_per_s:.1f} images/s with {self.workers} worker(s), {self.seconds:.1f} s in all"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,21 +92,37 @@ def ingest(
     paths: Paths,
     params: Mapping[str, Any],
     intake_dir: Path | None = None,
+    bounds: CaseBounds = CaseBounds(),
 ) -> IngestSummary:
-    """Scan, decode, deduplicate and write the manifest. `params` is the `ingest` section."""
+    """Scan, bound-check, decode (what the cache lacks), deduplicate and write the manifest.
+
+    `params` is the `ingest` section, `bounds` the `bounds` section (CaseBounds.from_params).
+    """
     started = time.perf_counter()
+    moved = sorted(set(params) & {"min_side", "max_side", "max_pixels"})
+    if moved:
+        raise ValueError(f"params.yaml ingest: {moved} moved to the `bounds:` section (one definition)")
     adapter = get_adapter(adapter_name)
     scan = adapter.scan(Path(source_root))
     if intake_dir is not None:
         scan = scan.merge(scan_cases(intake_dir, adapter))
-    candidates = sorted(scan.candidates, key=lambda c: c.source_path)
+    in_bounds, out_of_bounds = screen_candidates(scan.candidates, bounds)
+    candidates = sorted(in_bounds, key=lambda c: c.source_path)
     workers = max(1, int(params.get("workers", 1)))
+    limits = bounds.image_limits(params.get("store_max_side", ImageLimits.store_max_side))
+    cache = ImageCache(paths.ingest_cache, limits)
+    known = cache.load()
     decode_started = time.perf_counter()
-    outcomes = decode_all(candidates, paths.images, ImageLimits.from_params(params), workers)
+    outcomes = decode_all(candidates, cache.dir, limits, workers, known)
     decode_seconds = time.perf_counter() - decode_started
     accepted, rejected = split_outcomes(candidates, outcomes)
-    quarantine = sorted(scan.quarantine + rejected, key=lambda e: (e.source_path, e.reason, e.detail))
-    classes = write_outputs(adapter, accepted, quarantine, paths)
+    fresh = [o for o in outcomes if isinstance(o, ImageInfo) and o.sha256 not in known]
+    cache.record(fresh, known)
+    quarantine = sorted(
+        scan.quarantine + out_of_bounds + rejected, key=lambda e: (e.source_path, e.reason, e.detail)
+    )
+    classes = write_outputs(adapter, accepted, quarantine, paths, cache)
+    reused = sum(1 for o in outcomes if isinstance(o, ImageInfo) and o.sha256 in known)
     summary = IngestSummary(
         adapter=adapter.name,
         candidates=len(candidates),
@@ -106,27 +133,52 @@ def ingest(
         seconds=time.perf_counter() - started,
         decode_seconds=decode_seconds,
         workers=workers,
+        decoded=len(candidates) - reused,
+        reused=reused,
     )
     log.info(summary.line())
     return summary
 
 
 def decode_all(
-    candidates: Sequence[Candidate], out_dir: Path, limits: ImageLimits, workers: int
+    candidates: Sequence[Candidate],
+    out_dir: Path,
+    limits: ImageLimits,
+    workers: int,
+    known: Mapping[str, ImageInfo] | None = None,
 ) -> list[Outcome]:
-    """Hash and normalise every candidate, in order; a process pool when workers > 1."""
+    """Hash every candidate and normalise it into `out_dir` unless `known` (sha256 -> ImageInfo of
+    an earlier normalisation) has it; in order; a process pool when workers > 1."""
     jobs = [(c.path, out_dir, limits) for c in candidates]
     bar = tqdm(total=len(jobs), desc="ingest", unit="img", file=sys.stderr, mininterval=1.0, leave=False)
     with bar:
-        return list(_tick(_run_jobs(jobs, workers), bar))
+        return list(_tick(_run_jobs(jobs, workers, dict(known or {})), bar))
 
 
-def _run_jobs(jobs: list[tuple[Path, Path, ImageLimits]], workers: int) -> Iterator[Outcome]:
+# The cache index each worker looks hits up in: set once per process by the pool initializer
+# (passing it with every job would pickle it thousands of times).
+_KNOWN: dict[str, ImageInfo] = {}
+
+
+def _set_known(known: dict[str, ImageInfo]) -> None:
+    global _KNOWN
+    _KNOWN = known
+
+
+def _run_jobs(
+    jobs: list[tuple[Path, Path, ImageLimits]], workers: int, known: dict[str, ImageInfo]
+) -> Iterator[Outcome]:
     if workers == 1 or len(jobs) < 2:
-        yield from map(_decode_job, jobs)
+        _set_known(known)
+        try:
+            yield from map(_decode_job, jobs)
+        finally:
+            _set_known({})
         return
     chunksize = max(1, min(64, len(jobs) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=_set_known, initargs=(known,)
+    ) as pool:
         yield from pool.map(_decode_job, jobs, chunksize=chunksize)
 
 
@@ -147,7 +199,7 @@ def _tick(outcomes: Iterable[Outcome], bar: tqdm) -> Iterator[Outcome]:
 
 def _decode_job(job: tuple[Path, Path, ImageLimits]) -> Outcome:
     """Worker body (a top-level function, so the pool can pickle it)."""
-    return try_normalize(*job)
+    return reuse_or_normalize(*job, _KNOWN)
 
 
 def split_outcomes(
@@ -209,9 +261,14 @@ def _manifest_row(
 
 
 def write_outputs(
-    adapter: DatasetAdapter, accepted: Sequence[Accepted], quarantine: list[QuarantineEntry], paths: Paths
+    adapter: DatasetAdapter,
+    accepted: Sequence[Accepted],
+    quarantine: list[QuarantineEntry],
+    paths: Paths,
+    cache: ImageCache,
 ) -> list[str]:
-    """Write manifest, quarantine and labels; prune the image store to the manifest. Returns classes."""
+    """Write manifest, quarantine and labels; the image store becomes exactly the manifest's
+    images, copied from the cache. Returns classes."""
     frame = manifest_frame(adapter, accepted, paths)
     present = set(frame["label"])
     classes = [c for c in adapter.classes if c in present]
@@ -219,6 +276,7 @@ def write_outputs(
     write_quarantine(quarantine, paths.quarantine)
     write_labels(classes, paths.labels)
     prune_images(paths.images, {stored_name(s) for s in frame["sha256"]})
+    cache.materialise(frame["sha256"], paths.images)
     if not classes:
         log.warning("ingest %s: no image accepted; see %s", adapter.name, paths.quarantine)
     return classes
@@ -237,7 +295,7 @@ def prune_images(images_dir: Path, keep: set[str]) -> int:
 
 
 def main() -> int:
-    """`python -m pipelines.ingest`: params `dataset` and `ingest`, paths from the project root."""
+    """`python -m pipelines.ingest`: params `dataset`, `ingest` and `bounds`, paths from the project root."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = project_root()
     params = load_params(root)
@@ -250,6 +308,7 @@ def main() -> int:
         paths,
         params.get("ingest", {}),
         intake_dir if intake_dir.exists() else None,
+        CaseBounds.from_params(params),
     )
     return 0
 

@@ -2,8 +2,9 @@
 
 A drop holds images plus `labels.csv` (columns `file`, `label`, optional `group_id`, `age`,
 `sex`, `localization`; `file` is the image's path relative to the drop). Each listed image is
-checked (decodes safely, label in the adapter's classes, metadata allowed, bytes never accepted
-before) and then either
+checked (decodes safely, label in the adapter's classes, metadata allowed, image size and age
+within params.yaml `bounds:` (pipelines.bounds, the same bounds ingest applies), bytes never
+accepted before) and then either
   accepted:    original bytes copied to data/intake/images/<sha256>.<ext>, a row appended to
                data/intake/cases.csv (the ingest stage merges these into the manifest), or
   quarantined: a row appended to data/intake/quarantine.csv with the reason.
@@ -39,6 +40,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from pipelines.bounds import CaseBounds
 from pipelines.config import Paths, load_params, project_root, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
 from pipelines.datasets.base import (
@@ -54,7 +56,7 @@ from pipelines.datasets.base import (
     relative,
     resolve_duplicates,
 )
-from pipelines.images import ImageInfo, ImageLimits, ImageRejected, try_normalize
+from pipelines.images import ImageInfo, ImageRejected, try_normalize
 from pipelines.manifest import METADATA_COLUMNS, QUARANTINE_COLUMNS, QuarantineEntry
 
 INTAKE_DIR = "intake"
@@ -197,7 +199,7 @@ def _evaluate_drop(
     files: Mapping[str, DropFile],
     labels: DropFile | None,
     adapter: DatasetAdapter,
-    limits: ImageLimits,
+    bounds: CaseBounds,
     rows_persist: bool,
     done: frozenset[str] = frozenset(),
 ) -> tuple[list[_Checked], IntakeResult]:
@@ -224,7 +226,7 @@ def _evaluate_drop(
             _missing_file(result, labels, row, name, rows_persist)
             continue
         used.add(name)
-        outcome = _check_row(row, drop_file, adapter, limits)
+        outcome = _check_row(row, drop_file, adapter, bounds)
         if isinstance(outcome, _Checked):
             checked.append(outcome)
         else:
@@ -246,14 +248,14 @@ def _missing_file(result: IntakeResult, labels: DropFile, row: CsvRow, name: str
 
 
 def _check_row(
-    row: CsvRow, drop_file: DropFile, adapter: DatasetAdapter, limits: ImageLimits
+    row: CsvRow, drop_file: DropFile, adapter: DatasetAdapter, bounds: CaseBounds
 ) -> _Checked | QuarantineEntry:
     raw_label = row.values["label"]
 
     def reject(reason: str, detail: str, sha: str = "") -> QuarantineEntry:
         return QuarantineEntry(drop_file.origin, reason, f"line {row.line}: {detail}", sha, raw_label)
 
-    outcome = try_normalize(drop_file.path, None, limits)
+    outcome = try_normalize(drop_file.path, None, bounds.image_limits())
     if isinstance(outcome, ImageRejected):
         return reject(outcome.reason, outcome.detail, outcome.sha256)
     label = adapter.canonical_label(raw_label)
@@ -265,6 +267,9 @@ def _check_row(
         metadata = adapter.parse_metadata(row.values)
     except MetadataError as exc:
         return reject(SourceReason.INVALID_METADATA, str(exc), outcome.sha256)
+    problem = bounds.metadata_problem(metadata)
+    if problem is not None:
+        return reject(*problem, outcome.sha256)
     group = row.values.get("group_id") or adapter.group_id_for(drop_file.name)
     return _Checked(row, drop_file, outcome, label, group, metadata)
 
@@ -341,14 +346,14 @@ def _run_drop(
     adapter: DatasetAdapter,
     intake_dir: Path,
     manifest_path: Path | None,
-    limits: ImageLimits,
+    bounds: CaseBounds,
     received_at: str,
     rows_persist: bool,
     done: frozenset[str] = frozenset(),
 ) -> IntakeResult:
     """Evaluate, accept and record one drop; the caller then moves or ledgers what was processed."""
     ensure_intake_dir(intake_dir)
-    checked, result = _evaluate_drop(files, labels, adapter, limits, rows_persist, done)
+    checked, result = _evaluate_drop(files, labels, adapter, bounds, rows_persist, done)
     cases, rejected = _accept(checked, known_shas(intake_dir, manifest_path), intake_dir, received_at)
     result.accepted = cases
     result.quarantined.extend(rejected)
@@ -398,12 +403,12 @@ def intake_folder(
     intake_dir: Path,
     adapter: DatasetAdapter,
     manifest_path: Path | None,
-    limits: ImageLimits,
+    bounds: CaseBounds,
     now: datetime,
 ) -> IntakeResult:
     files, labels = _folder_files(drop)
     result = _run_drop(
-        files, labels, adapter, intake_dir, manifest_path, limits, _iso(now), rows_persist=False
+        files, labels, adapter, intake_dir, manifest_path, bounds, _iso(now), rows_persist=False
     )
     result.source = str(drop)
     if labels is not None:
@@ -479,7 +484,7 @@ def intake_s3(
     intake_dir: Path,
     adapter: DatasetAdapter,
     manifest_path: Path | None,
-    limits: ImageLimits,
+    bounds: CaseBounds,
     now: datetime,
     endpoint_url: str | None = None,
 ) -> IntakeResult:
@@ -493,7 +498,7 @@ def intake_s3(
             adapter,
             intake_dir,
             manifest_path,
-            limits,
+            bounds,
             _iso(now),
             rows_persist=True,
             done=frozenset(staged.done - set(staged.files)),
@@ -529,7 +534,7 @@ def intake(
     adapter_name: str,
     manifest_path: Path | None = None,
     *,
-    limits: ImageLimits = ImageLimits(),
+    bounds: CaseBounds = CaseBounds(),
     endpoint_url: str | None = None,
     now: datetime | None = None,
 ) -> IntakeResult:
@@ -540,11 +545,11 @@ def intake(
     adapter = get_adapter(adapter_name)
     moment = now or datetime.now(timezone.utc)
     if isinstance(drop, str) and drop.startswith("s3://"):
-        return intake_s3(drop, intake_dir, adapter, manifest_path, limits, moment, endpoint_url)
+        return intake_s3(drop, intake_dir, adapter, manifest_path, bounds, moment, endpoint_url)
     drop = Path(drop)
     if not drop.is_dir():
         raise FileNotFoundError(f"drop folder {drop} does not exist")
-    return intake_folder(drop, intake_dir, adapter, manifest_path, limits, moment)
+    return intake_folder(drop, intake_dir, adapter, manifest_path, bounds, moment)
 
 
 def dvc_add(intake_dir: Path, cwd: Path) -> None:
@@ -587,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         intake_dir,
         adapter_name,
         paths.manifest,
-        limits=ImageLimits.from_params(params.get("ingest", {})),
+        bounds=CaseBounds.from_params(params),
         endpoint_url=args.endpoint_url,
     )
     if args.dvc_add:

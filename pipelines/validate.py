@@ -2,11 +2,17 @@
 
 The expectations live in `expectations/<dataset>.json` (GE ExpectationSuite JSON). They carry no
 class lists or numeric bounds: those arrive at run time as GE suite parameters (`{"$PARAMETER": ...}`)
-from the data set adapter (class set, categorical value sets) and `params.yaml` `validate:`, so a
-change of either is picked up without editing a suite.
+from the data set adapter (class set, categorical value sets), `params.yaml` `bounds:` (through
+pipelines.bounds, the definition intake and ingest apply) and `validate:`, so a change of either
+is picked up without editing a suite.
+
+The stage's job is the data set as a whole: schema, class set, minimum images per class, and the
+share of offered cases that ingest quarantined (`validate.max_quarantine_rate`). A single bad case
+is quarantined by intake/ingest with its reason and never reaches the manifest, so it cannot fail
+this stage; the row-level bound checks stay as a safety net for a manifest that bypassed ingest.
 
 A suite file may hold expectations for derived frames too: an expectation whose `meta.batch` names
-one (`class_counts`, `labels`) runs on that frame, everything else runs on the manifest. GE has no
+one (`class_counts`, `quarantine_rate`, `labels`) runs on that frame, everything else runs on the manifest. GE has no
 "minimum rows per value" expectation, so the per-class minimum is an ordinary column expectation on
 a (label, count) frame; it still appears in Data Docs as a GE result like every other check.
 
@@ -24,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from pipelines.bounds import CaseBounds
 from pipelines.config import Paths, load_params, project_root
-from pipelines.features import UNKNOWN
-from pipelines.manifest import CORE_COLUMNS, SPLITS, read_labels, read_manifest
+from pipelines.manifest import CORE_COLUMNS, SPLITS, read_labels, read_manifest, read_quarantine
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from great_expectations.data_context import AbstractDataContext
@@ -42,6 +48,7 @@ MAX_EXAMPLES = 5
 ID_COLUMNS: dict[str, str] = {
     "manifest": "image_id",
     "class_counts": "label",
+    "quarantine_rate": "reasons",
     "labels": "label",
     "splits": "image_id",
     "split_groups": "group_id",
@@ -85,6 +92,7 @@ class ValidationOutcome:
     rows: int
     docs_index: Path | None = None
     errors: list[str] = field(default_factory=list)
+    quarantine: dict[str, Any] | None = None  # offered / quarantined / rate, when it was checked
 
     @property
     def evaluated(self) -> int:
@@ -95,11 +103,16 @@ class ValidationOutcome:
         return sum(1 for r in self.results if not r["success"])
 
     def summary(self) -> str:
-        """One header line, then one line per failed expectation, readable without Data Docs."""
+        """One header line, one line per failed expectation, then the quarantine count: readable
+        without Data Docs."""
         state = "passed" if self.success else "FAILED"
         lines = [f"validation {self.name}: {state} ({self.failed} of {self.evaluated} expectations "
                  f"failed, {self.rows} rows)"]
         lines += [_describe_failure(r) for r in self.results if not r["success"]]
+        if self.quarantine:
+            q = self.quarantine
+            lines.append(f"quarantined {q['quarantined']} of {q['offered']} offered cases "
+                         f"({100 * q['rate']:.2f}%: {q['reasons']}); see data/quarantine.csv")
         if self.docs_index is not None:
             lines.append(f"Data Docs: {self.docs_index}")
         return "\n".join(lines)
@@ -112,6 +125,8 @@ class ValidationOutcome:
             "failed": self.failed,
             "passed": self.evaluated - self.failed,
             "rows": self.rows,
+            **({"quarantine_rate": self.quarantine["rate"], "quarantined": self.quarantine["quarantined"]}
+               if self.quarantine else {}),
             "suite": self.name,
             "expectations": self.results,
         }
@@ -151,27 +166,32 @@ def suite_parameter_names(suite: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def manifest_parameters(classes: Sequence[str], categorical_values: Mapping[str, Sequence[str]],
-                        params: Mapping[str, Any], labels: Sequence[str] | None = None) -> dict[str, Any]:
-    """Suite parameters for a manifest suite, from the adapter and params.yaml `validate:`.
+# Moved to params.yaml `bounds:` (one definition for intake, ingest and validate).
+MOVED_TO_BOUNDS = frozenset({"min_side", "max_side", "max_pixels", "age_range"})
+# Quarantine reasons that lose nothing: an encoding note (rows kept) and an exact copy of a kept
+# image. They are listed in data/quarantine.csv but do not count towards the quarantine rate.
+NOT_LOST_REASONS = frozenset({"wrong_encoding", "duplicate"})
 
-    Categorical value sets become `<column>_values`; the features' 'unknown' marker is always
-    allowed there because missing metadata is kept and encoded, not rejected.
+
+def manifest_parameters(classes: Sequence[str], categorical_values: Mapping[str, Sequence[str]],
+                        params: Mapping[str, Any], labels: Sequence[str] | None = None,
+                        bounds: CaseBounds = CaseBounds()) -> dict[str, Any]:
+    """Suite parameters for a manifest suite, from the adapter, `bounds:` and `validate:`.
+
+    Bounds and categorical value sets come from `CaseBounds.suite_parameters`, the same
+    definition intake and ingest apply per case.
     """
-    age_min, age_max = params["age_range"]
-    values: dict[str, Any] = {
+    moved = sorted(MOVED_TO_BOUNDS & set(params))
+    if moved:
+        raise ValueError(f"params.yaml validate: {moved} moved to the `bounds:` section (one definition)")
+    return {
         "classes": list(classes),
         "expected_classes": expected_classes(classes, labels, params),
         "core_columns": list(CORE_COLUMNS),
-        "min_side": params["min_side"],
-        "max_side": params["max_side"],
-        "age_min": age_min,
-        "age_max": age_max,
         "min_images_per_class": params["min_images_per_class"],
+        "max_quarantine_rate": float(params["max_quarantine_rate"]),
+        **bounds.suite_parameters(categorical_values),
     }
-    for col, allowed in categorical_values.items():
-        values[f"{col}_values"] = list(dict.fromkeys([*allowed, UNKNOWN]))
-    return values
 
 
 def expected_classes(classes: Sequence[str], labels: Sequence[str] | None,
@@ -195,6 +215,23 @@ def class_counts(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     frame = pd.DataFrame({"label": list(classes)})
     frame["count"] = [int(counts.get(c, 0)) for c in classes]
     return frame
+
+
+def quarantine_rate(manifest_rows: int, quarantine: pd.DataFrame) -> pd.DataFrame:
+    """One row (offered, quarantined, rate, reasons): the share of offered cases ingest kept out.
+
+    Offered = accepted (manifest rows) + quarantined; reasons in NOT_LOST_REASONS are not counted.
+    """
+    reasons = quarantine["reason"] if "reason" in quarantine.columns else pd.Series(dtype=str)
+    lost = reasons[~reasons.isin(NOT_LOST_REASONS)]
+    offered = manifest_rows + len(lost)
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(lost.value_counts().items())) or "none"
+    return pd.DataFrame({
+        "offered": [offered],
+        "quarantined": [len(lost)],
+        "rate": [len(lost) / offered if offered else 0.0],
+        "reasons": [counts],
+    })
 
 
 def group_split_counts(splits_df: pd.DataFrame) -> pd.DataFrame:
@@ -385,26 +422,33 @@ def _describe_failure(r: Mapping[str, Any]) -> str:
 def validate_manifest(df: pd.DataFrame, dataset_name: str, classes: Sequence[str],
                       categorical_values: Mapping[str, Sequence[str]], params: Mapping[str, Any], *,
                       labels: Sequence[str] | None = None, suite_dir: Path | None = None,
-                      docs_dir: Path | None = None) -> ValidationOutcome:
+                      docs_dir: Path | None = None, bounds: CaseBounds = CaseBounds(),
+                      quarantine: pd.DataFrame | None = None) -> ValidationOutcome:
     """Validate a manifest against `expectations/<dataset_name>.json`.
 
     `classes` and `categorical_values` come from the data set adapter, `params` is params.yaml's
-    `validate:` section. `labels` (labels.json) feeds the suite's `labels` batch; without it those
-    expectations are left out, not faked. With `docs_dir`, GE Data Docs are written there.
+    `validate:` section, `bounds` its `bounds:` section. `labels` (labels.json) feeds the suite's
+    `labels` batch and `quarantine` (data/quarantine.csv) its `quarantine_rate` batch; without
+    them those expectations are left out, not faked. With `docs_dir`, GE Data Docs are written there.
     """
     suite = load_suite(dataset_name, suite_dir)
     expected = expected_classes(classes, labels, params)
     frames: dict[str, pd.DataFrame] = {MANIFEST_BATCH: df, "class_counts": class_counts(df, expected)}
     if labels is not None:
         frames["labels"] = pd.DataFrame({"label": [str(v) for v in labels]})
-    else:
-        suite = {**suite, "expectations": [e for e in suite["expectations"]
-                                           if (e.get("meta") or {}).get("batch") != "labels"]}
+    if quarantine is not None:
+        frames["quarantine_rate"] = quarantine_rate(len(df), quarantine)
+    absent = {"labels", "quarantine_rate"} - set(frames)
+    suite = {**suite, "expectations": [e for e in suite["expectations"]
+                                       if (e.get("meta") or {}).get("batch") not in absent]}
     gx_run = _GX()
-    results = gx_run.validate(suite, frames, manifest_parameters(classes, categorical_values, params, labels))
+    results = gx_run.validate(
+        suite, frames, manifest_parameters(classes, categorical_values, params, labels, bounds))
     index = gx_run.build_docs(docs_dir) if docs_dir is not None else None
+    rate = frames.get("quarantine_rate")
     return ValidationOutcome(name=dataset_name, success=all(r["success"] for r in results),
-                             results=results, rows=len(df), docs_index=index)
+                             results=results, rows=len(df), docs_index=index,
+                             quarantine=None if rate is None else _plain(rate.iloc[0].to_dict()))
 
 
 def validate_splits(splits_df: pd.DataFrame, classes: Sequence[str] | None = None, *,
@@ -428,7 +472,7 @@ def validate_splits(splits_df: pd.DataFrame, classes: Sequence[str] | None = Non
 
 def run(root: Path, params: Mapping[str, Any], classes: Sequence[str] | None = None,
         categorical_values: Mapping[str, Sequence[str]] | None = None) -> ValidationOutcome:
-    """The stage on a project root: manifest + labels in, validation.json + Data Docs out.
+    """The stage on a project root: manifest, labels and quarantine in, validation.json + Data Docs out.
 
     Class set and value sets default to the data set adapter (the single source of truth); tests
     pass them in so they need no adapter.
@@ -444,6 +488,7 @@ def run(root: Path, params: Mapping[str, Any], classes: Sequence[str] | None = N
     outcome = validate_manifest(
         read_manifest(paths.manifest), name, classes, categorical_values, params["validate"],
         labels=read_labels(paths.labels), suite_dir=root / "expectations", docs_dir=paths.data_docs,
+        bounds=CaseBounds.from_params(params), quarantine=read_quarantine(paths.quarantine),
     )
     paths.validation.parent.mkdir(parents=True, exist_ok=True)
     paths.validation.write_text(json.dumps(outcome.to_metrics(), indent=2, default=str) + "\n",

@@ -178,6 +178,26 @@ def test_rejection_survives_pickling_between_processes():
     assert (err.reason, err.detail, err.sha256) == (ImageReason.TRUNCATED_IMAGE, "cut", "ab12")
 
 
-def test_limits_come_from_the_ingest_params():
-    limits = ImageLimits.from_params({"store_max_side": 128, "max_pixels": 1000, "min_side": 4, "workers": 2})
-    assert limits == ImageLimits(store_max_side=128, max_pixels=1000, min_side=4)
+def test_side_over_max_side_is_too_large_before_decoding(monkeypatch):
+    monkeypatch.setattr(images, "_decode", lambda *a: pytest.fail("decoded an oversize image"))
+    err = rejection(image_bytes(9, size=(300, 10)), ImageLimits(max_side=200))
+    assert err.reason == ImageReason.TOO_LARGE and err.detail == "300x10 > bounds.max_side 200"
+
+
+def test_thirty_thousand_pixel_side_is_too_large_with_the_default_bounds():
+    assert rejection(bomb_png(30_000, 10)).reason == ImageReason.TOO_LARGE
+
+
+def test_size_problem_is_the_header_check_on_a_known_size():
+    limits = ImageLimits(min_side=8, max_side=100, max_pixels=5000)
+    assert images.size_problem(50, 50, limits) is None
+    assert images.size_problem(4, 50, limits).reason == ImageReason.TOO_SMALL
+    assert images.size_problem(101, 10, limits).reason == ImageReason.TOO_LARGE
+    assert images.size_problem(100, 100, limits).reason == ImageReason.DECOMPRESSION_BOMB
+
+
+def test_normalisation_digest_changes_with_what_decides_the_stored_bytes(monkeypatch):
+    base = images.normalisation_digest(256)
+    assert images.normalisation_digest(256) == base and images.normalisation_digest(128) != base
+    monkeypatch.setattr(images, "NORMALISATION_VERSION", images.NORMALISATION_VERSION + 1)
+    assert images.normalisation_digest(256) != base

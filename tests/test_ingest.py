@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,13 +22,16 @@ from ingest_factories import (
     write_class_folders,
     write_ham,
 )
+from pipelines import image_cache
 from pipelines import ingest as ingest_module
+from pipelines.bounds import CaseBounds
 from pipelines.config import Paths
 from pipelines.ingest import IngestSummary, ingest
 from pipelines.intake import CASES_COLUMNS, ensure_intake_dir
 from pipelines.manifest import CORE_COLUMNS, read_labels, read_manifest, read_quarantine
 
-PARAMS = {"store_max_side": 32, "max_pixels": 1_000_000, "min_side": 8, "workers": 1}
+PARAMS = {"store_max_side": 32, "workers": 1}
+BOUNDS = CaseBounds(min_side=8, max_side=20_000, max_pixels=1_000_000)
 PARASITIZED = "cell_images/Parasitized"
 
 
@@ -47,10 +51,15 @@ class Run:
 
 
 def run(
-    source: Path, project: Path, adapter: str = "malaria", intake_dir: Path | None = None, **params
+    source: Path,
+    project: Path,
+    adapter: str = "malaria",
+    intake_dir: Path | None = None,
+    bounds: CaseBounds = BOUNDS,
+    **params,
 ) -> Run:
     paths = Paths(project)
-    return Run(ingest(adapter, source, paths, PARAMS | params, intake_dir), paths)
+    return Run(ingest(adapter, source, paths, PARAMS | params, intake_dir, bounds), paths)
 
 
 @pytest.fixture
@@ -211,9 +220,20 @@ def test_decompression_bomb_header(malaria, tmp_path, baseline):
 
 def test_image_over_the_max_pixels_param(malaria, tmp_path, baseline):
     result = bad_input_run(
-        malaria, tmp_path, f"{PARASITIZED}/huge.png", image_bytes(72, size=(40, 30)), max_pixels=1000
+        malaria,
+        tmp_path,
+        f"{PARASITIZED}/huge.png",
+        image_bytes(72, size=(40, 30)),
+        bounds=CaseBounds(max_pixels=1000),
     )
     assert result.reasons() == {f"{PARASITIZED}/huge.png": "decompression_bomb"}
+    assert_rest_untouched(result, baseline)
+
+
+def test_side_over_the_max_side_bound_is_too_large(malaria, tmp_path, baseline):
+    result = bad_input_run(malaria, tmp_path, f"{PARASITIZED}/strip.png", bomb_png(30_000, 10))
+    assert result.reasons() == {f"{PARASITIZED}/strip.png": "too_large"}
+    assert result.quarantine["detail"].tolist() == ["30000x10 > bounds.max_side 20000"]
     assert_rest_untouched(result, baseline)
 
 
@@ -282,6 +302,31 @@ def test_malformed_rows_and_latin1_csv_reach_the_quarantine_file(tmp_path):
     assert list(result.manifest["group_id"]) == ["HAM_Zoë", "HAM_0000003"]
 
 
+def test_metadata_outside_the_bounds_is_quarantined_row_by_row(tmp_path):
+    rows = [ham_row(1), ham_row(2, age="500"), ham_row(3, age="-3"), ham_row(4, age="old"),
+            ham_row(5, sex="x"), ham_row(6, localization="elbow"), ham_row(7, age=""), ham_row(8, sex="")]
+    result = run(write_ham(tmp_path / "ham", rows), tmp_path / "project", adapter="ham10000")
+    q = result.quarantine.set_index("source_path")
+    assert q["reason"].to_dict() == {
+        "images/ISIC_0000002.jpg": "age_out_of_range",
+        "images/ISIC_0000003.jpg": "age_out_of_range",
+        "images/ISIC_0000004.jpg": "invalid_metadata",
+        "images/ISIC_0000005.jpg": "invalid_metadata",
+        "images/ISIC_0000006.jpg": "invalid_metadata",
+    }
+    assert q.loc["images/ISIC_0000002.jpg", "detail"] == "age 500 outside bounds.age_range [0, 120]"
+    assert "'x' not in" in q.loc["images/ISIC_0000005.jpg", "detail"]
+    assert list(result.manifest["image_id"]) == ["ISIC_0000001", "ISIC_0000007", "ISIC_0000008"]
+    assert result.manifest["sex"].tolist() == ["male", "male", "unknown"]  # empty is unknown, kept
+    assert result.summary.by_reason == {"age_out_of_range": 2, "invalid_metadata": 3}
+    assert result.stored() == {f"{s}.png" for s in result.manifest["sha256"]}
+
+
+def test_size_bounds_in_the_ingest_section_are_refused(malaria, tmp_path):
+    with pytest.raises(ValueError, match="moved to the `bounds:` section"):
+        run(malaria, tmp_path / "project", min_side=8)
+
+
 def test_nothing_accepted_still_writes_empty_typed_outputs(tmp_path):
     write(tmp_path / "src" / "cell_images" / "Parasitized" / "a.png", b"")
     result = run(tmp_path / "src", tmp_path / "project")
@@ -330,7 +375,7 @@ def test_header_only_intake_adds_nothing(malaria, tmp_path, baseline):
 
 def test_main_reads_params_and_writes_under_the_project_root(malaria, tmp_path, monkeypatch):
     project = tmp_path / "project"
-    params = {"dataset": {"name": "malaria", "root": str(malaria)}, "ingest": PARAMS}
+    params = {"dataset": {"name": "malaria", "root": str(malaria)}, "ingest": PARAMS, "bounds": {"min_side": 8}}
     write(project / "params.yaml", yaml.safe_dump(params).encode())
     monkeypatch.setenv("MEDSCAN_ROOT", str(project))
     assert ingest_module.main() == 0
@@ -342,3 +387,139 @@ def test_main_reads_params_and_writes_under_the_project_root(malaria, tmp_path, 
     assert (
         (project / "data" / "quarantine.csv").read_text().startswith("source_path,reason,detail,sha256,label")
     )
+
+
+# ------------------------------------------------------------------ incremental: the ingest cache
+
+
+def snapshot(result: Run) -> dict[str, object]:
+    """Everything ingest writes, byte for byte (the cache itself excluded)."""
+    data = result.paths.data
+    return {
+        "manifest": result.manifest,
+        "quarantine": result.paths.quarantine.read_bytes(),
+        "labels": result.paths.labels.read_bytes(),
+        "images": {p.name: p.read_bytes() for p in sorted(result.paths.images.iterdir())},
+        "files": sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if "intake" not in p.parts),
+    }
+
+
+def assert_same_outputs(a: Run, b: Run) -> None:
+    sa, sb = snapshot(a), snapshot(b)
+    pd.testing.assert_frame_equal(sa.pop("manifest"), sb.pop("manifest"))
+    assert sa == sb
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[object]:
+    """Every image the ingest cache sent to the decoder (workers=1 runs in this process)."""
+    calls: list[object] = []
+    real = image_cache.try_normalize
+
+    def spy(src, *args, **kwargs):
+        calls.append(src)
+        return real(src, *args, **kwargs)
+
+    monkeypatch.setattr(image_cache, "try_normalize", spy)
+    return calls
+
+
+def delivery_source(root: Path, n_old: int, n_new: int) -> Path:
+    """A HAM source of n_old cases, then n_new more (call again with a larger n_new to deliver)."""
+    rows = [ham_row(i, "mel" if i % 3 else "nv") for i in range(1, n_old + n_new + 1)]
+    rows.append(ham_row(900, age="500"))  # quarantined from its metadata: never decoded
+    root = write_ham(root, rows)
+    write(root / "images" / "ISIC_0000901.jpg", truncated(image_bytes(901, "JPEG", size=(64, 48))))
+    with open(root / "HAM10000_metadata.csv", "a", encoding="utf-8") as fh:
+        fh.write(",".join(ham_row(901)) + "\n")
+    return root
+
+
+def test_incremental_run_decodes_only_new_images_and_equals_a_full_run(tmp_path, decodes):
+    old = delivery_source(tmp_path / "src", n_old=8, n_new=0)
+    project = tmp_path / "incremental"
+    first = run(old, project, adapter="ham10000")
+    assert (first.summary.decoded, first.summary.reused) == (9, 0)  # 8 good + the truncated one
+    decodes.clear()
+    grown = delivery_source(tmp_path / "src", n_old=8, n_new=3)  # the same 8 files, 3 new cases
+    incremental = run(grown, project, adapter="ham10000")
+    assert (incremental.summary.decoded, incremental.summary.reused) == (4, 8)  # 3 new + truncated
+    assert len(decodes) == 4
+    full = run(grown, tmp_path / "full", adapter="ham10000")
+    assert (full.summary.decoded, full.summary.reused) == (12, 0)
+    assert_same_outputs(incremental, full)
+    assert incremental.reasons() == {
+        "images/ISIC_0000900.jpg": "age_out_of_range",
+        "images/ISIC_0000901.jpg": "truncated_image",
+    }
+
+
+def test_incremental_intake_cases_equal_a_full_run(tmp_path):
+    source = delivery_source(tmp_path / "src", n_old=4, n_new=0)
+    project = tmp_path / "incremental"
+    intake_dir = ensure_intake_dir(project / "data" / "intake")
+    run(source, project, adapter="ham10000", intake_dir=intake_dir)
+    data = image_bytes(95, "JPEG")
+    sha = hashlib.sha256(data).hexdigest()
+    write(intake_dir / "images" / f"{sha}.jpg", data)
+    with open(intake_dir / "cases.csv", "a", encoding="utf-8") as fh:
+        fh.write(f"images/{sha}.jpg,bcc,HAM_NEW,70,female,face,{sha},2025-01-01T00:00:00Z\n")
+    incremental = run(source, project, adapter="ham10000", intake_dir=intake_dir)
+    assert (incremental.summary.decoded, incremental.summary.reused) == (2, 4)
+    shutil.copytree(intake_dir, tmp_path / "full" / "data" / "intake")
+    full = run(source, tmp_path / "full", adapter="ham10000", intake_dir=tmp_path / "full" / "data" / "intake")
+    assert_same_outputs(incremental, full)
+
+
+def test_pool_with_a_warm_cache_equals_a_cold_serial_run(malaria, tmp_path):
+    run(malaria, tmp_path / "warm", workers=2)
+    write_class_folders(malaria / "cell_images", {"Uninfected": 1}, seed0=500, name="C2P2ThinF_new_{n}")
+    warm = run(malaria, tmp_path / "warm", workers=2)
+    assert (warm.summary.decoded, warm.summary.reused) == (1, 4)
+    assert_same_outputs(warm, run(malaria, tmp_path / "cold", workers=1))
+
+
+def test_tighter_bounds_requarantine_cached_images_exactly_like_a_full_run(malaria, tmp_path):
+    write(malaria / PARASITIZED / "wide.png", image_bytes(77, size=(60, 10)))
+    run(malaria, tmp_path / "warm")
+    tight = CaseBounds(max_side=40, max_pixels=1_000_000)
+    warm = run(malaria, tmp_path / "warm", bounds=tight)
+    assert warm.reasons() == {f"{PARASITIZED}/wide.png": "too_large"}
+    assert_same_outputs(warm, run(malaria, tmp_path / "cold", bounds=tight))
+
+
+def test_other_normalisation_params_never_reuse_copies(malaria, tmp_path, decodes):
+    run(malaria, tmp_path / "warm", store_max_side=32)
+    decodes.clear()
+    resized = run(malaria, tmp_path / "warm", store_max_side=8)
+    assert (resized.summary.decoded, len(decodes)) == (4, 4)
+    assert_same_outputs(resized, run(malaria, tmp_path / "cold", store_max_side=8))
+    back = run(malaria, tmp_path / "warm", store_max_side=32)
+    assert back.summary.reused == 4  # each normalisation keeps its own cache folder
+
+
+def test_a_deleted_or_half_written_cache_entry_is_decoded_again(malaria, tmp_path):
+    first = run(malaria, tmp_path / "project")
+    cache_dirs = list(first.paths.ingest_cache.iterdir())
+    assert len(cache_dirs) == 1
+    victim = first.manifest["sha256"].iloc[0]
+    (cache_dirs[0] / f"{victim}.png").unlink()
+    with open(cache_dirs[0] / "index.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"sha256": "cut sho')
+    again = run(malaria, tmp_path / "project")
+    assert (again.summary.decoded, again.summary.reused) == (1, 3)
+    assert_same_outputs(again, first)
+
+
+def test_dvc_style_deleted_outputs_are_rebuilt_from_the_cache(malaria, tmp_path, decodes):
+    first = run(malaria, tmp_path / "project")
+    before = snapshot(first)
+    shutil.rmtree(first.paths.images)  # what `dvc repro` does to a stage's outs before running it
+    for path in (first.paths.manifest, first.paths.quarantine, first.paths.labels):
+        path.unlink()
+    decodes.clear()
+    again = run(malaria, tmp_path / "project")
+    assert decodes == [] and again.summary.reused == 4
+    after = snapshot(again)
+    pd.testing.assert_frame_equal(before.pop("manifest"), after.pop("manifest"))
+    assert before == after

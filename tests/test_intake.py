@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import unicodedata
@@ -14,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ingest_factories import image_bytes, truncated, write, write_labels_csv
+from ingest_factories import bomb_png, image_bytes, truncated, write, write_labels_csv
 from pipelines import intake as intake_module
+from pipelines.bounds import CaseBounds
 from pipelines.intake import CASES_COLUMNS, ensure_intake_dir, intake, parse_s3_uri, s3_client
 from pipelines.manifest import write_manifest
 
@@ -163,6 +165,41 @@ def test_metadata_outside_the_allowed_values_is_quarantined(tmp_path, intake_dir
     result = intake(drop, intake_dir, "ham10000", now=NOW)
     assert reasons(result) == {"c.jpg": "invalid_metadata"}
     assert_good_two_accepted(result, intake_dir)
+
+
+def test_cases_outside_the_bounds_are_quarantined_with_reason_and_detail(tmp_path, intake_dir):
+    files = {f"{n}.jpg": image_bytes(20 + i, "JPEG") for i, n in enumerate(("old", "neg", "txt", "sex"))}
+    files["strip.png"] = bomb_png(30_000, 10)
+    drop = ham_drop(tmp_path, files, [
+        ("old.jpg", "mel", "HAM_20", "500", "male", "back"),
+        ("neg.jpg", "mel", "HAM_21", "-3", "male", "back"),
+        ("txt.jpg", "mel", "HAM_22", "forty", "male", "back"),
+        ("sex.jpg", "mel", "HAM_23", "40", "X", "back"),
+        ("strip.png", "mel", "HAM_24", "40", "male", "back"),
+    ])
+    result = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert reasons(result) == {
+        "old.jpg": "age_out_of_range",
+        "neg.jpg": "age_out_of_range",
+        "txt.jpg": "invalid_metadata",
+        "sex.jpg": "invalid_metadata",
+        "strip.png": "too_large",
+    }
+    details = {e.source_path: e.detail for e in result.quarantined}
+    assert details["old.jpg"] == "line 4: age 500 outside bounds.age_range [0, 120]"
+    assert details["strip.png"] == "line 8: 30000x10 > bounds.max_side 20000"
+    assert all(e.sha256 for e in result.quarantined)  # the bytes are identified even when refused
+    assert result.to_summary()["by_reason"] == {"age_out_of_range": 2, "invalid_metadata": 2, "too_large": 1}
+    assert_good_two_accepted(result, intake_dir)
+    logged = pd.read_csv(intake_dir / "quarantine.csv", dtype=str, keep_default_na=False)
+    assert sorted(logged["reason"]) == sorted(reasons(result).values())
+
+
+def test_bounds_come_from_the_caller(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path)
+    result = intake(drop, intake_dir, "ham10000", bounds=CaseBounds(age_range=(0, 50)), now=NOW)
+    assert reasons(result) == {"a.jpg": "age_out_of_range"}  # age 60
+    assert [c["label"] for c in result.accepted] == ["nv"]
 
 
 def test_row_naming_a_missing_file_is_quarantined(tmp_path, intake_dir):
@@ -377,12 +414,13 @@ def test_s3_bad_object_is_quarantined_once(s3, intake_dir):
 
 def test_cli_prints_a_json_summary_for_airflow(tmp_path, monkeypatch, capsys):
     project = tmp_path / "project"
-    write(project / "params.yaml", b"dataset: {name: ham10000, root: x}\ningest: {min_side: 8}\n")
+    write(project / "params.yaml", b"dataset: {name: ham10000, root: x}\nbounds: {age_range: [0, 59]}\n")
     monkeypatch.setenv("MEDSCAN_ROOT", str(project))
     assert intake_module.main(["--drop", str(ham_drop(tmp_path))]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["accepted"] == 2 and summary["quarantined"] == 0
-    assert len(cases(project / "data" / "intake")) == 2
+    # params.yaml bounds: reach the CLI (the age-60 case is out of [0, 59])
+    assert summary["accepted"] == 1 and summary["by_reason"] == {"age_out_of_range": 1}
+    assert len(cases(project / "data" / "intake")) == 1
 
 
 def test_cli_init_creates_the_empty_intake_folder(tmp_path, monkeypatch, capsys):
@@ -417,3 +455,47 @@ def test_cli_dvc_add_versions_the_intake_folder(tmp_path):
     ).stdout
     assert json.loads(out.strip().splitlines()[-1])["accepted"] == 2
     assert "outs:" in (project / "data" / "intake.dvc").read_text()
+
+
+# ------------------------------------------------------------------ through DVC: one bad case never blocks
+
+
+@pytest.mark.slow
+def test_dvc_repro_quarantines_bad_cases_reuses_decoded_images_and_validates(tmp_path):
+    """`dvc repro` deletes ingest's outputs before it runs: the cache still spares the decoding,
+    and bad cases, new or appended to cases.csv before the bounds existed, never fail validate."""
+    from tests.conftest import copy_project, set_params, venv_env
+
+    root = copy_project(tmp_path / "project")
+    set_params(root, {"demo": {"images_per_class": 12, "image_size": 24}})
+    env = venv_env(root)
+
+    def dvc_repro() -> str:
+        done = subprocess.run(["dvc", "repro", "validate"], cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
+
+    first = re.search(r"(\d+) images hashed \((\d+) decoded, 0 reused from the cache\)", dvc_repro())
+    assert first and first[1] == first[2]
+    demo = int(first[1])
+    intake_dir = root / "data" / "intake"
+    old = image_bytes(300, "JPEG")  # accepted before the bounds existed: intake files are append-only
+    write(intake_dir / "images" / f"{sha(old)}.jpg", old)
+    with open(intake_dir / "cases.csv", "a", encoding="utf-8") as fh:
+        fh.write(f"images/{sha(old)}.jpg,mel,HAM_OLD,500,male,back,{sha(old)},2024-01-01T00:00:00Z\n")
+    drop = ham_drop(tmp_path, {"old.jpg": image_bytes(301, "JPEG"), "wide.png": bomb_png(30_000, 10)},
+                    [("old.jpg", "mel", "HAM_9", "500", "male", "back"),
+                     ("wide.png", "nv", "HAM_10", "40", "male", "back")])
+    taken = subprocess.run([sys.executable, "-m", "pipelines.intake", "--drop", str(drop)], cwd=root, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    summary = json.loads(taken.strip().splitlines()[-1])
+    assert summary["accepted"] == 2 and summary["by_reason"] == {"age_out_of_range": 1, "too_large": 1}
+
+    assert f"(2 decoded, {demo} reused from the cache)" in dvc_repro()
+    quarantine = pd.read_csv(root / "data" / "quarantine.csv", dtype=str, keep_default_na=False)
+    assert quarantine[["source_path", "reason"]].values.tolist() == [
+        [f"intake/images/{sha(old)}.jpg", "age_out_of_range"]]
+    manifest = pd.read_parquet(root / "data" / "manifest.parquet")
+    assert len(manifest) == demo + 2 and sha(old) not in set(manifest["sha256"])
+    validation = json.loads((root / "reports" / "validation.json").read_text())
+    assert validation["success"] is True and validation["quarantined"] == 1

@@ -16,11 +16,12 @@ import pytest
 import yaml
 
 from pipelines import validate as v
-from pipelines.manifest import CORE_COLUMNS, write_labels, write_manifest
+from pipelines.bounds import CaseBounds
+from pipelines.manifest import CORE_COLUMNS, QUARANTINE_COLUMNS, write_labels, write_manifest
 
 CLASSES = ("mel", "nv")
 CATEGORICAL = {"sex": ("male", "female"), "localization": ("back", "face", "scalp")}
-PARAMS = {"min_images_per_class": 10, "min_side": 8, "max_side": 20000, "age_range": [0, 120]}
+PARAMS = {"min_images_per_class": 10, "max_quarantine_rate": 0.05}
 PER_CLASS = 12
 REPO_SUITES = Path(__file__).resolve().parent.parent / "expectations"
 DATASETS = ("ham10000", "malaria", "malaria_tfds", "dermnet")
@@ -52,6 +53,7 @@ def failed_titles(outcome: v.ValidationOutcome) -> set[str]:
 
 def run_ham(df: pd.DataFrame, **kwargs) -> v.ValidationOutcome:
     kwargs.setdefault("labels", list(CLASSES))
+    kwargs.setdefault("quarantine", quarantine_frame([]))
     classes = kwargs.pop("classes", CLASSES)
     return v.validate_manifest(df, "ham10000", classes, CATEGORICAL, PARAMS, **kwargs)
 
@@ -66,7 +68,7 @@ def test_clean_manifest_passes_every_expectation() -> None:
     assert outcome.evaluated == len(v.load_suite("ham10000")["expectations"])
     assert outcome.failed == 0
     assert outcome.rows == len(CLASSES) * PER_CLASS
-    assert {r["batch"] for r in outcome.results} == {"manifest", "class_counts", "labels"}
+    assert {r["batch"] for r in outcome.results} == {"manifest", "class_counts", "quarantine_rate", "labels"}
     assert outcome.summary().startswith("validation ham10000: passed (0 of")
 
 
@@ -99,13 +101,13 @@ BAD_FRAMES = {
     "unknown label": (_set("label", "foo"), "label in class set", "'foo' (image_id=mel_000)"),
     "null group_id": (_set("group_id", None), "group_id not null", "None (image_id=mel_000)"),
     "null image_id": (_set("image_id", None), "image_id not null", "1 unexpected"),
-    "wide image": (_set("width", 99999), "width within [validate.min_side, validate.max_side]", "99999"),
-    "tiny image": (_set("height", 4), "height within [validate.min_side, validate.max_side]", "4 (image_id"),
+    "wide image": (_set("width", 99999), "width within bounds [min_side, max_side]", "99999"),
+    "tiny image": (_set("height", 4), "height within bounds [min_side, max_side]", "4 (image_id"),
     "duplicate sha256": (_duplicate_sha, "sha256 unique", "2 unexpected"),
     "sha256 not hex": (_set("sha256", "not-a-hash"), "sha256 is 64 lowercase hex digits", "'not-a-hash'"),
     "duplicate image_id": (_set("image_id", "mel_001"), "image_id unique", "mel_001"),
     "path outside store": (_set("path", "/etc/passwd"), "path is data/images/<sha256>.png", "'/etc/passwd'"),
-    "age 150": (_set("age", 150.0), "age within validate.age_range (nulls allowed)", "150.0 (image_id=mel_000)"),
+    "age 150": (_set("age", 150.0), "age within bounds.age_range (nulls allowed)", "150.0 (image_id=mel_000)"),
     "bad sex": (_set("sex", "robot"), "sex in the adapter's value set (nulls allowed)", "'robot'"),
     "bad localization": (_set("localization", "moon"),
                          "localization in the adapter's value set (nulls allowed)", "'moon'"),
@@ -134,7 +136,8 @@ def test_summary_is_one_readable_line_per_failure() -> None:
     assert lines[0] == (f"validation ham10000: FAILED (1 of {outcome.evaluated} expectations failed, "
                         f"{len(df)} rows)")
     assert lines[1].startswith("FAIL label in class set: 3 unexpected (e.g. 'foo' (image_id=mel_000)")
-    assert len(lines) == 2
+    assert lines[2] == "quarantined 0 of 24 offered cases (0.00%: none); see data/quarantine.csv"
+    assert len(lines) == 3
     record = next(r for r in outcome.results if not r["success"])
     assert record["expectation"] == "expect_column_values_to_be_in_set"
     assert record["column"] == "label" and record["unexpected_count"] == 3
@@ -176,11 +179,42 @@ def test_empty_manifest_fails() -> None:
     assert "manifest is not empty" in failed_titles(outcome)
 
 
-def test_bounds_come_from_params() -> None:
+def test_row_level_bounds_come_from_the_one_bounds_definition() -> None:
     df = make_manifest()  # every image is 600x450
-    outcome = v.validate_manifest(df, "ham10000", CLASSES, CATEGORICAL, {**PARAMS, "max_side": 500},
-                                  labels=list(CLASSES))
-    assert failed_titles(outcome) == {"width within [validate.min_side, validate.max_side]"}
+    outcome = v.validate_manifest(df, "ham10000", CLASSES, CATEGORICAL, PARAMS, labels=list(CLASSES),
+                                  bounds=CaseBounds(max_side=500))
+    assert failed_titles(outcome) == {"width within bounds [min_side, max_side]"}
+
+
+def test_bounds_in_the_validate_section_are_refused() -> None:
+    with pytest.raises(ValueError, match="moved to the `bounds:` section"):
+        v.manifest_parameters(CLASSES, {}, {**PARAMS, "age_range": [0, 120]})
+
+
+def quarantine_frame(reasons: list[str]) -> pd.DataFrame:
+    return pd.DataFrame([{"source_path": f"images/q{n}.jpg", "reason": r, "detail": "", "sha256": "",
+                          "label": "mel"} for n, r in enumerate(reasons)], columns=list(QUARANTINE_COLUMNS))
+
+
+def test_one_quarantined_case_passes_and_is_reported() -> None:
+    outcome = run_ham(make_manifest(), quarantine=quarantine_frame(["age_out_of_range"]))
+    assert outcome.success, outcome.summary()
+    assert outcome.quarantine == {"offered": 25, "quarantined": 1, "rate": 0.04,
+                                  "reasons": "age_out_of_range=1"}
+    assert "quarantined 1 of 25 offered cases (4.00%: age_out_of_range=1)" in outcome.summary()
+    assert outcome.to_metrics()["quarantine_rate"] == 0.04
+
+
+def test_quarantine_rate_over_the_maximum_fails_the_data_set() -> None:
+    reasons = ["too_large", "age_out_of_range", "corrupt_image"]  # 3 of 27 = 11% > 5%
+    outcome = run_ham(make_manifest(), quarantine=quarantine_frame(reasons))
+    assert failed_titles(outcome) == {"quarantined share of offered cases at most validate.max_quarantine_rate"}
+    assert "reasons=age_out_of_range=1, corrupt_image=1, too_large=1" in outcome.summary()
+
+
+def test_exact_duplicates_and_encoding_notes_lose_nothing_and_do_not_count() -> None:
+    outcome = run_ham(make_manifest(), quarantine=quarantine_frame(["duplicate"] * 5 + ["wrong_encoding"]))
+    assert outcome.success and outcome.quarantine["quarantined"] == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +228,7 @@ def test_suite_files_are_parameterised_and_valid(name: str) -> None:
     needed = v.suite_parameter_names(suite)
     categorical = CATEGORICAL if name == "ham10000" else {}
     assert needed <= set(v.manifest_parameters(CLASSES, categorical, PARAMS))
-    assert {"classes", "min_side", "max_side", "min_images_per_class"} <= needed
+    assert {"classes", "min_side", "max_side", "min_images_per_class", "max_quarantine_rate"} <= needed
     # No class list is repeated in a suite: the label expectations take $PARAMETER classes.
     label_sets = [e["kwargs"]["value_set"] for e in suite["expectations"]
                   if e["kwargs"].get("column") == "label" and "value_set" in e["kwargs"]]
@@ -285,7 +319,7 @@ def test_data_docs_are_written(tmp_path: Path) -> None:
     assert "Data Docs" in outcome.summary()
     assert not (docs / "validations" / "stale.html").exists()
     pages = {p.relative_to(docs).parts[:3] for p in docs.glob("validations/**/*.html")}
-    assert pages == {("validations", "ham10000", b) for b in ("manifest", "class_counts", "labels")}
+    assert pages == {("validations", "ham10000", b) for b in ("manifest", "class_counts", "quarantine_rate", "labels")}
     manifest_page = next(docs.glob("validations/ham10000/manifest/**/*.html")).read_text(encoding="utf-8")
     assert "foo" in manifest_page  # the unexpected value is shown in the GE page
 
@@ -319,7 +353,7 @@ def test_main_exits_nonzero_with_summary_on_failure(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         v.main(root, CLASSES, CATEGORICAL)
     assert exc.value.code not in (0, None)  # a message code exits with status 1
-    assert "FAIL age within validate.age_range" in str(exc.value.code)
+    assert "FAIL age within bounds.age_range" in str(exc.value.code)  # the safety net past ingest
     metrics = json.loads((root / "reports" / "validation.json").read_text(encoding="utf-8"))
     assert metrics["success"] is False and metrics["failed"] == 1
     failed = [r for r in metrics["expectations"] if not r["success"]]
@@ -339,7 +373,7 @@ def test_subset_copies_validate_when_all_classes_are_not_required():
              "sha256": f"{n:064x}", "label": "a" if n % 2 else "b", "group_id": f"g{n}",
              "width": 64, "height": 64, "source": "dermnet", "split_hint": "train"} for n in range(40)]
     frame = pd.DataFrame(rows)
-    params = {"min_images_per_class": 5, "min_side": 8, "max_side": 20000, "age_range": [0, 120]}
+    params = {"min_images_per_class": 5, "max_quarantine_rate": 0.05}
     strict = v.validate_manifest(frame, "dermnet", known, {}, params, labels=["a", "b"])
     assert not strict.success and "c" in strict.summary()
     lenient = v.validate_manifest(frame, "dermnet", known, {}, {**params, "require_all_classes": False},
@@ -349,3 +383,61 @@ def test_subset_copies_validate_when_all_classes_are_not_required():
     bad = v.validate_manifest(frame, "dermnet", known, {}, {**params, "require_all_classes": False},
                             labels=["a", "b", "zzz"])
     assert not bad.success
+
+
+# --------------------------------------------------------------------------------------------
+# One bad case never blocks a retrain: intake -> ingest -> validate
+
+
+def test_impossible_age_and_oversize_cases_are_quarantined_and_validation_passes(tmp_path: Path) -> None:
+    from ingest_factories import bomb_png, ham_row, image_bytes, write, write_ham, write_labels_csv
+    from pipelines.ingest import ingest
+    from pipelines.intake import intake, intake_dir_for
+    from pipelines.config import Paths
+    from pipelines.manifest import read_quarantine
+
+    root = tmp_path / "project"
+    paths = Paths(root)
+    params = {"dataset": {"name": "ham10000", "root": str(tmp_path / "ham")},
+              "bounds": {"max_side": 20000, "age_range": [0, 120]},
+              "validate": {"min_images_per_class": 2, "require_all_classes": False, "max_quarantine_rate": 0.05}}
+    (root).mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    shutil.copytree(REPO_SUITES, root / "expectations")
+    bounds = CaseBounds.from_params(params)
+    # The source: 40 good cases, one with age 500 and one whose image has a 30,000 px side.
+    rows = [ham_row(i, ("mel", "nv")[i % 2]) for i in range(1, 41)] + [ham_row(41, age="500"), ham_row(42)]
+    source = write_ham(tmp_path / "ham", rows)
+    write(source / "images" / "ISIC_0000042.jpg", bomb_png(30_000, 10))
+    # A delivery through intake: two good cases, one impossible age, one oversize image.
+    drop = tmp_path / "drop"
+    for name, data in {"g1.jpg": image_bytes(101, "JPEG"), "g2.jpg": image_bytes(102, "JPEG"),
+                       "old.jpg": image_bytes(103, "JPEG"), "wide.png": bomb_png(30_000, 10)}.items():
+        write(drop / name, data)
+    write_labels_csv(drop, [("g1.jpg", "mel", "HAM_N1", "50", "male", "back"),
+                            ("g2.jpg", "nv", "HAM_N2", "", "", ""),
+                            ("old.jpg", "mel", "HAM_N3", "500", "female", "face"),
+                            ("wide.png", "nv", "HAM_N4", "40", "male", "back")])
+    taken = intake(drop, intake_dir_for(paths), "ham10000", paths.manifest, bounds=bounds)
+    assert {e.source_path: str(e.reason) for e in taken.quarantined} == {
+        "old.jpg": "age_out_of_range", "wide.png": "too_large"}
+    assert len(taken.accepted) == 2
+
+    summary = ingest("ham10000", source, paths, {"store_max_side": 32, "workers": 1},
+                     intake_dir_for(paths), bounds)
+    quarantine = read_quarantine(paths.quarantine)
+    assert dict(zip(quarantine["source_path"], quarantine["reason"])) == {
+        "images/ISIC_0000041.jpg": "age_out_of_range", "images/ISIC_0000042.jpg": "too_large"}
+    assert set(quarantine["detail"]) == {"age 500 outside bounds.age_range [0, 120]",
+                                         "30000x10 > bounds.max_side 20000"}
+    assert summary.by_reason == {"age_out_of_range": 1, "too_large": 1} and summary.accepted == 42
+    manifest = pd.read_parquet(paths.manifest)
+    expected = {f"images/ISIC_{i:07d}.jpg" for i in range(1, 41)} | {
+        f"intake/{c['file']}" for c in taken.accepted}
+    assert set(manifest["source_path"]) == expected
+
+    outcome = v.run(root, params)
+    assert outcome.success, outcome.summary()
+    assert outcome.quarantine["quarantined"] == 2 and outcome.quarantine["offered"] == 44
+    metrics = json.loads(paths.validation.read_text(encoding="utf-8"))
+    assert metrics["success"] is True and metrics["quarantined"] == 2
