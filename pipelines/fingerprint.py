@@ -46,12 +46,15 @@ def write_fingerprint(path: Path, fingerprint: Mapping[str, Any]) -> Path:
     return path
 
 
-def read_fingerprint(path: Path) -> dict[str, Any]:
-    """Load and check a fingerprint file; a malformed one is an error, never an empty set."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+def check_fingerprint(doc: Any, source: str) -> dict[str, Any]:
+    """A malformed fingerprint is an error, never an empty set (that would exclude nothing)."""
     if not isinstance(doc, Mapping) or not isinstance(doc.get("sha256"), list):
-        raise ValueError(f"{path}: not a training fingerprint (no `sha256` list)")
+        raise ValueError(f"{source}: not a training fingerprint (no `sha256` list)")
     return dict(doc)
+
+
+def read_fingerprint(path: Path) -> dict[str, Any]:
+    return check_fingerprint(json.loads(Path(path).read_text(encoding="utf-8")), str(path))
 
 
 def seen_mask(frame: pd.DataFrame, fingerprint: Mapping[str, Any] | None) -> np.ndarray:
