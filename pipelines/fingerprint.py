@@ -67,5 +67,5 @@ def seen_mask(frame: pd.DataFrame, fingerprint: Mapping[str, Any] | None) -> np.
     mask = frame["sha256"].astype(str).isin(set(fingerprint.get("sha256") or ())).to_numpy()
     groups = fingerprint.get("group_ids") or ()
     if groups and "group_id" in frame:
-        mask |= frame["group_id"].astype(str).isin(set(groups)).to_numpy()
+        mask = mask | frame["group_id"].astype(str).isin(set(groups)).to_numpy()
     return mask

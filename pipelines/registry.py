@@ -124,7 +124,9 @@ def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]
     """
     info = download_json(name, version, "medscan/train_info.json")
     if info is None:
-        raise _missing(name, version, "medscan/train_info.json", FileNotFoundError("not logged"))
+        where = MlflowClient().get_run(version.run_id).info.artifact_uri
+        raise _missing(name, version, "medscan/train_info.json",
+                       FileNotFoundError(f"not found under {where}: deleted, or never logged"))
     import pipelines.zoo  # noqa: F401  (registers the zoo's custom layers for deserialisation)
 
     try:
