@@ -23,6 +23,7 @@ from pipelines.metrics import classification_metrics
 
 # Champion states: what the challenger is compared with.
 NO_CHAMPION, COMPARED, UNSCORABLE, OTHER_LABELS = "none", "compared", "unscorable", "other_labels"
+ALREADY_CHAMPION = "is_candidate"  # promote re-run on the run that is already the champion
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ def decide(policy: Policy, candidate_score: float, champion_state: str,
            comparison: Comparison | None = None, champion_note: str = "") -> Decision:
     """Bless or refuse. `candidate_score`: the challenger's metric on its whole test split."""
     m = policy.metric
+    if champion_state == ALREADY_CHAMPION:
+        return Decision(True, f"the candidate is already the champion ({champion_note}): nothing to decide",
+                        champion_state, ())
     checks = [Check("floor", candidate_score >= policy.floor,
                     f"{m} {candidate_score:.4f} {'>=' if candidate_score >= policy.floor else 'is below'}"
                     f" the floor {policy.floor:.4f}")]

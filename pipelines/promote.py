@@ -29,7 +29,8 @@ from pipelines import registry, tracking
 from pipelines.config import Paths, load_params, project_root
 from pipelines.fingerprint import ARTIFACT as FINGERPRINT_ARTIFACT
 from pipelines.fingerprint import check_fingerprint, read_fingerprint, training_fingerprint
-from pipelines.gate import (COMPARED, NO_CHAMPION, OTHER_LABELS, UNSCORABLE, Comparison, Decision,
+from pipelines.gate import (ALREADY_CHAMPION, COMPARED, NO_CHAMPION, OTHER_LABELS, UNSCORABLE,
+                            Comparison, Decision,
                             compare_models, decide, fair_test_images, policy_from_params)
 from pipelines.inference import label_indices, load_bundle, predict_frame
 from pipelines.split import read_splits
@@ -82,11 +83,13 @@ class Champion:
     fingerprint: dict[str, Any] | None = None
 
 
-def current_champion(name: str, client: MlflowClient, classes: list[str]) -> Champion:
+def current_champion(name: str, client: MlflowClient, classes: list[str], candidate_run: str) -> Champion:
     """Load the champion and its fingerprint; missing artifacts make it unscorable, not fatal."""
     current = registry.version_by_alias(client, name, registry.CHAMPION)
     if current is None:
         return Champion(None, NO_CHAMPION, "no champion yet")
+    if current.run_id == candidate_run:
+        return Champion(current, ALREADY_CHAMPION, f"version {current.version}, run {candidate_run}")
     try:
         model, info = registry.load_version(name, current)
         fingerprint = registry.download_json(name, current, FINGERPRINT_ARTIFACT)
@@ -137,7 +140,7 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     tracking.configure(paths, dataset)
     client = MlflowClient()
     name = registry.model_name(params)
-    champ = current_champion(name, client, classes)
+    champ = current_champion(name, client, classes, info["run_id"])
     state, before = champ.state, champ.version
     comparison: Comparison | None = None
     fingerprints = {"challenger": "not needed", "champion": "not needed"}
@@ -159,7 +162,7 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
 
     outcome: dict[str, Any] = {
         "blessed": int(decision.blessed), "reason": decision.reason, "metric": metric,
-        "selected_on": compare.get("rank_split", "val"),
+        "selected_on": compare.get("rank_split"),
         "candidate_arch": best, "candidate_score": candidate, "candidate_val_score": candidate_val,
         "candidate_ci95": candidate_ci,
         "champion_score": None if comparison is None else comparison.champion_score,
@@ -186,7 +189,10 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         "medscan.blessing_reason": decision.reason,
     }
     outcome["champion_before"] = None if before is None else int(before.version)
-    version = registry.register(client, name, info["run_id"], {**lineage, **gate_tags(outcome)})
+    if state == ALREADY_CHAMPION:  # keep the tags of the gate that blessed it
+        version = champ.version
+    else:
+        version = registry.register(client, name, info["run_id"], {**lineage, **gate_tags(outcome)})
     if decision.blessed:
         registry.set_champion(client, name, version.version)
     after = registry.version_by_alias(client, name, registry.CHAMPION)

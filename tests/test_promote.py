@@ -280,6 +280,11 @@ def test_promote_first_champion_fair_comparison_and_unscorable_champion(tmp_path
     assert first["candidate_val_score"] == 0.61 and first["guard"]["outcome"] == "not_applied"
     assert first["reason"].startswith("first champion: floor only")
     assert json.loads(paths.promotion.read_text()) == first
+    again = promote(paths, PARAMS)  # promote re-run on the same candidate: nothing to decide
+    assert again["champion_state"] == "is_candidate" and again["blessed"] == 1
+    assert again["candidate_version"] == first["candidate_version"] and again["checks"] == []
+    tags = MlflowClient().get_model_version("medscan-toy", first["candidate_version"]).tags
+    assert tags["medscan.blessed"] == "true" and tags["medscan.gate.champion_state"] == "none"
 
     # 2. the champion's fingerprint (an older split) covers 4 of today's 20 test images
     older = {**frames, "train": pd.concat([frames["train"], frames["test"][:4]])}
