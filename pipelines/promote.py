@@ -107,7 +107,8 @@ def current_champion(name: str, client: MlflowClient, classes: list[str], candid
             "on every test image the challenger did not see; any overlap favours the champion"),
             (model, info))
     return Champion(current, COMPARED, f"version {current.version} re-scored on the shared test images",
-                    (model, info), check_fingerprint(fingerprint, f"{name} v{current.version} {FINGERPRINT_ARTIFACT}"))
+                    (model, info),
+                    check_fingerprint(fingerprint, f"{name} v{current.version} {FINGERPRINT_ARTIFACT}"))
 
 
 def gate_tags(outcome: Mapping[str, Any]) -> dict[str, str]:

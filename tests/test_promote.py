@@ -310,7 +310,20 @@ def test_promote_first_champion_fair_comparison_and_unscorable_champion(tmp_path
     assert json.loads(tags["medscan.gate.comparison"])["n_compared"] == 16
     assert tags["medscan.gate.champion_state"] == "compared" and tags["medscan.val_balanced_accuracy"]
 
-    # 3. the champion's artifacts are deleted from mlartifacts/
+    # 3. a champion without a fingerprint (trained before they were recorded): nothing can be
+    # excluded for it, which can only favour it; promotion.json says so
+    champion = registry.version_by_alias(client, "medscan-toy", "champion")
+    run_artifacts = Path(client.get_run(champion.run_id).info.artifact_uri.removeprefix("file://"))
+    (run_artifacts / "medscan" / "train_fingerprint.json").unlink()
+    _candidate(root, "m2b", 4, training_fingerprint(frames))
+    unknown = promote(paths, PARAMS)
+    assert unknown["champion_state"] == "compared"
+    assert unknown["comparison"]["fingerprints"]["champion"] == "missing"
+    assert unknown["comparison"]["excluded_by"] == {"challenger": 0, "champion": 0}
+    assert "has no training fingerprint" in unknown["champion_note"]
+    assert "any overlap favours the champion" in unknown["champion_note"]
+
+    # 4. the champion's artifacts are deleted from mlartifacts/
     champion = registry.version_by_alias(client, "medscan-toy", "champion")
     logged = mlflow.get_logged_model(champion.source.removeprefix("models:/"))
     shutil.rmtree(Path(logged.artifact_location.removeprefix("file://")).parent)
