@@ -112,15 +112,10 @@ def current_champion(name: str, client: MlflowClient, classes: list[str], candid
 
 
 def gate_tags(outcome: Mapping[str, Any]) -> dict[str, str]:
-    """Every gate number as a version tag (nested values as JSON)."""
-    keys = ("selected_on", "candidate_score", "candidate_val_score", "candidate_ci95", "champion_score",
-            "champion_state", "champion_unscorable", "champion_before", "champion_note", "floor",
-            "min_delta", "guard", "comparison", "checks")
-    tags = {}
-    for key in keys:
-        value = outcome.get(key)
-        tags[f"medscan.gate.{key}"] = value if isinstance(value, str) else json.dumps(value)
-    return tags
+    """Every gate number as a version tag `medscan.gate.<key>` (nested values as JSON); the verdict
+    itself is in `medscan.blessed` / `medscan.blessing_reason`."""
+    return {f"medscan.gate.{key}": value if isinstance(value, str) else json.dumps(value)
+            for key, value in outcome.items() if key not in ("blessed", "reason")}
 
 
 def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:

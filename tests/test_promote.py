@@ -309,6 +309,8 @@ def test_promote_first_champion_fair_comparison_and_unscorable_champion(tmp_path
     tags = client.get_model_version("medscan-toy", second["candidate_version"]).tags
     assert json.loads(tags["medscan.gate.comparison"])["n_compared"] == 16
     assert tags["medscan.gate.champion_state"] == "compared" and tags["medscan.val_balanced_accuracy"]
+    assert {f"medscan.gate.{k}" for k in second if k not in ("blessed", "reason", "lineage", "model_name",
+                                                            "candidate_version", "champion_after")} <= set(tags)
 
     # 3. a champion without a fingerprint (trained before they were recorded): nothing can be
     # excluded for it, which can only favour it; promotion.json says so
