@@ -77,7 +77,7 @@ class Champion:
     """The current champion as the gate sees it."""
 
     version: ModelVersion | None
-    state: str                                   # gate.NO_CHAMPION | COMPARED | UNSCORABLE | OTHER_LABELS
+    state: str  # gate.NO_CHAMPION, ALREADY_CHAMPION, COMPARED, UNSCORABLE or OTHER_LABELS
     note: str
     model: tuple[Any, dict[str, Any]] | None = None   # (keras model, train_info) when COMPARED
     fingerprint: dict[str, Any] | None = None
