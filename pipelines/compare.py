@@ -2,9 +2,13 @@
 
 Reads metrics/<arch>.json and plots/<arch>/*.png (written by evaluate) and writes
 reports/compare/compare.md, compare.html (self-contained: images inlined as base64) and
-compare.json (rows, ranking by params `promote.metric`, best arch) that `promote` consumes.
-Why both cost and quality columns: a clinic choosing a model trades balanced accuracy against
-latency and size, and every model must be read against the majority-class baseline.
+compare.json (rows, ranking by the VALIDATION value of params `promote.metric`, best arch) that
+`promote` consumes. Why validation: picking the best of N noisy test scores and reporting it as
+unbiased is a leak; the test split only reports (with 95% group-bootstrap intervals) and the gate
+uses it once. Why both cost and quality columns: a clinic choosing a model trades balanced accuracy
+against latency and size, and every model must be read against the majority-class baseline.
+A metrics file `{"skipped": reason, "arch": ...}` (a candidate that could not run, e.g. a warm
+start with no champion yet) is listed as skipped and takes no part in the ranking.
 """
 from __future__ import annotations
 
@@ -26,6 +30,10 @@ REPORT_DIRNAME = "compare"
 MD_NAME, HTML_NAME, JSON_NAME = "compare.md", "compare.html", "compare.json"
 IMG_DIRNAME = "img"
 BASELINE = "majority_baseline"
+RANK_SPLIT = "val"  # the split that chooses; the test split only reports
+BASELINE_KEY = {"val": "val_baseline", "test": "baseline"}
+# Test metrics shown with their 95% bootstrap interval in the selection table.
+HEADLINE: tuple[str, ...] = ("balanced_accuracy", "accuracy", "f1_macro", "roc_auc_macro_ovr")
 
 # (key in the test metrics, column label); "top_k_accuracy" stands for top_{k}_accuracy.
 METRICS: tuple[tuple[str, str], ...] = (
@@ -83,16 +91,29 @@ def _metric_values(test: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _intervals(split: Mapping[str, Any]) -> dict[str, Any]:
+    """{metric key: [low, high]} of a split's ci95 (top-k under the generic key)."""
+    ci = split.get("ci95") or {}
+    k = _top_k(split)
+    out = {key: ci.get(key) for key, _ in METRICS if key != "top_k_accuracy"}
+    out["top_k_accuracy"] = ci.get(f"top_{k}_accuracy") if k else None
+    return out
+
+
 def _model_row(arch: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level metric keys are the test values (what readers display); `val` chose the rank."""
     profile = doc.get("profile") or {}
     training = doc.get("training") or {}
+    test = doc.get("test") or {}
     return {
         "arch": arch,
         "kind": "model",
         "builder": doc.get("builder"),
         **{key: profile.get(key) for key in PROFILE_KEYS},
         **{key: training.get(key) for key in TRAINING_KEYS},
-        **_metric_values(doc.get("test") or {}),
+        **_metric_values(test),
+        "ci95": _intervals(test),
+        "val": _metric_values(doc.get("val") or {}),
     }
 
 
@@ -115,31 +136,35 @@ def _rank_value(doc: Mapping[str, Any] | None, metric: str) -> float | None:
 
 
 def rank_architectures(
-    metrics_by_arch: Mapping[str, Mapping[str, Any]], rank_metric: str
+    metrics_by_arch: Mapping[str, Mapping[str, Any]], rank_metric: str, split: str = RANK_SPLIT
 ) -> list[dict[str, Any]]:
-    """Order archs by the test value of rank_metric: best first (descending; ascending for ECE).
+    """Order archs by the `split` (validation) value of rank_metric: best first (ascending for ECE).
 
-    Missing/undefined values rank last; ties go to fewer parameters, then lower p50 latency (the
-    cheaper model to deploy), then the name. Each entry says whether it beats the majority baseline.
+    Missing/undefined values rank last (an arch without validation metrics is never chosen on
+    test instead); ties go to fewer parameters, then lower p50 latency (the cheaper model to
+    deploy), then the name. Each entry says whether it beats the majority baseline on that split
+    and carries the test value, which is reported but never ranks.
     """
     lower = rank_metric in LOWER_IS_BETTER
     entries = []
     for arch, doc in metrics_by_arch.items():
-        value = _rank_value(doc.get("test"), rank_metric)
-        base = _rank_value(doc.get("baseline"), rank_metric)
+        value = _rank_value(doc.get(split), rank_metric)
+        base = _rank_value(doc.get(BASELINE_KEY[split]), rank_metric)
         beats = None if value is None or base is None else (value < base if lower else value > base)
         profile = doc.get("profile") or {}
-        entries.append((arch, value, base, beats, profile.get("params"), profile.get("latency_ms_p50")))
+        entries.append((arch, value, base, beats, profile.get("params"), profile.get("latency_ms_p50"),
+                        _rank_value(doc.get("test"), rank_metric)))
 
     def order(entry: tuple[Any, ...]) -> tuple[Any, ...]:
-        arch, value, _, _, params, latency = entry
+        arch, value, _, _, params, latency, _ = entry
         missing = value is None
         score = 0.0 if missing else (value if lower else -value)
         return (missing, score, params is None, params or 0, latency is None, latency or 0.0, arch)
 
     return [
-        {"rank": i + 1, "arch": arch, "value": value, "baseline_value": base, "beats_baseline": beats}
-        for i, (arch, value, base, beats, _, _) in enumerate(sorted(entries, key=order))
+        {"rank": i + 1, "arch": arch, "split": split, "value": value, "baseline_value": base,
+         "beats_baseline": beats, "test_value": test}
+        for i, (arch, value, base, beats, _, _, test) in enumerate(sorted(entries, key=order))
     ]
 
 
@@ -250,14 +275,48 @@ def _summary_table(
     return Table(headers, table_rows, bold)
 
 
-def _per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> Table:
+def _fmt_ci(interval: Any) -> str:
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2 or None in interval:
+        return "—"
+    return f"[{float(interval[0]):.3f}, {float(interval[1]):.3f}]"
+
+
+def _per_class_table(per_class: Mapping[str, Mapping[str, Any]],
+                     ci: Mapping[str, Mapping[str, Any]] | None = None) -> Table:
+    ci = ci or {}
     rows = [
         [name, _fmt_int(stats.get("support")), _fmt_metric(stats.get("sensitivity")),
+         _fmt_ci((ci.get(name) or {}).get("sensitivity")),
          _fmt_metric(stats.get("specificity")), _fmt_metric(stats.get("precision")),
          _fmt_metric(stats.get("f1"))]
         for name, stats in per_class.items()
     ]
-    return Table(["Class", "Support", "Sensitivity", "Specificity", "Precision", "F1"], rows)
+    return Table(["Class", "Support", "Sensitivity", "Sensitivity 95% CI", "Specificity", "Precision",
+                  "F1"], rows)
+
+
+def _selection_table(
+    metrics_by_arch: Mapping[str, Mapping[str, Any]], ranking: Sequence[Mapping[str, Any]],
+    rank_metric: str,
+) -> Table:
+    """Validation (chooses) next to test (reports, with 95% group-bootstrap intervals)."""
+    headline = [rank_metric, *[k for k in HEADLINE if k != rank_metric]]
+    headers = ["Rank", "Architecture", f"Val {rank_metric} (selects) ★",
+               *[f"Test {key} [95% CI]" for key in headline]]
+    rows: list[list[str]] = []
+    for entry in ranking:
+        test = metrics_by_arch[entry["arch"]].get("test") or {}
+        ci = test.get("ci95") or {}
+        rows.append([str(entry["rank"]), entry["arch"], _fmt_metric(entry["value"]),
+                     *[f"{_fmt_metric(test.get(key))} {_fmt_ci(ci.get(key))}" for key in headline]])
+    baseline_doc = next((d for d in metrics_by_arch.values() if d.get("baseline")), None)
+    if baseline_doc is not None:
+        val_base = (baseline_doc.get(BASELINE_KEY[RANK_SPLIT]) or {}).get(rank_metric)
+        rows.append(["—", f"majority baseline ({baseline_doc['baseline'].get('majority_class') or '?'})",
+                     _fmt_metric(val_base),
+                     *[_fmt_metric(baseline_doc["baseline"].get(key)) for key in headline]])
+    bold = {(0, 2)} if ranking and ranking[0]["value"] is not None else set()
+    return Table(headers, rows, bold)
 
 
 def _sensitivity_overview(
@@ -429,19 +488,25 @@ def build_report(
     plots_root: folder holding <arch>/<plot>.png. split_sizes: {"train", "val", "test"} counts for
     the header; defaults to `training.split_sizes` (or top-level `split_sizes`) in the metrics JSON,
     else only the test n is known.
-    Returned/written keys: dataset, split_sizes, test_n, rank_metric, higher_is_better, rows (one per
-    arch), baseline (row), ranking (arch names, best first), ranking_detail (rank, arch, value,
-    baseline_value, beats_baseline), best (None if no arch has a value), per_class, subgroups,
-    plots, warnings.
+    Returned/written keys: dataset, split_sizes, test_n, rank_metric, rank_split ("val"),
+    report_split ("test"), higher_is_better, rows (one per arch: test metrics, `ci95`, `val`),
+    baseline (row), ranking (arch names, best first), ranking_detail (rank, arch, split, value
+    (validation), baseline_value, beats_baseline, test_value), best (None if no arch has a
+    validation value), per_class, subgroups, plots, skipped (arch -> reason), warnings.
     """
     if not metrics_by_arch:
         raise ValueError("no architectures to compare")
+    skipped = {a: str(d["skipped"]) for a, d in metrics_by_arch.items() if "skipped" in d}
+    metrics_by_arch = {a: d for a, d in metrics_by_arch.items() if a not in skipped}
+    if not metrics_by_arch:
+        raise ValueError(f"every candidate was skipped: {skipped}")
     archs = list(metrics_by_arch)
     known: set[str] = set()
     for doc in metrics_by_arch.values():
-        known.update(k for k, v in (doc.get("test") or {}).items() if not isinstance(v, (dict, list)))
+        for split in (RANK_SPLIT, "test"):
+            known.update(k for k, v in (doc.get(split) or {}).items() if not isinstance(v, (dict, list)))
     if rank_metric not in known:
-        raise ValueError(f"rank metric {rank_metric!r} is not a test metric; known: {sorted(known)}")
+        raise ValueError(f"rank metric {rank_metric!r} is not a metric; known: {sorted(known)}")
     higher_is_better = rank_metric not in LOWER_IS_BETTER
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -466,9 +531,14 @@ def build_report(
     if len(test_ns) > 1:
         warnings.append(f"Test-split sizes differ between architectures ({test_ns}): numbers are "
                         "not directly comparable.")
+    no_val = [a for a in archs if not metrics_by_arch[a].get(RANK_SPLIT)]
+    if no_val:
+        warnings.append(f"No validation metrics (re-run evaluate): {', '.join(no_val)}; they rank "
+                        "last and are never chosen on test instead.")
     losers = [r["arch"] for r in ranking if r["beats_baseline"] is False]
     if losers:
-        warnings.append(f"Not better than the majority baseline on `{rank_metric}`: {', '.join(losers)}.")
+        warnings.append(f"Not better than the majority baseline on validation `{rank_metric}`: "
+                        f"{', '.join(losers)}.")
     images = _copy_plots(Path(plots_root), out_dir, archs)
     missing = [
         f"{a}/{rel.rsplit('/', 1)[-1]}" for a in archs for _, rel, src in images[a].items if src is None
@@ -486,25 +556,37 @@ def build_report(
     direction = "higher is better" if higher_is_better else "lower is better"
     blocks: list[Block] = [
         ("h1", title),
-        ("p", f"**Data set:** `{dataset}`. **Split sizes:** {split_text}. All numbers are computed "
-              f"on the **held-out test split** (n = {', '.join(str(n) for n in test_ns) or '?'}), "
-              "which played no part in training, early stopping or model selection."),
-        ("p", f"**Ranking metric:** `{rank_metric}` ({direction}, params `promote.metric`). "
-              + (f"**Best: `{best}`** ({_fmt_metric(rank_of[best]['value'])}"
+        ("p", f"**Data set:** `{dataset}`. **Split sizes:** {split_text}."),
+        ("p", f"**Validation chose, test only reports.** Architectures are ranked by the "
+              f"**validation** value of `{rank_metric}`; the **held-out test split** "
+              f"(n = {', '.join(str(n) for n in test_ns) or '?'}) played no part in training, early "
+              "stopping or model selection: its numbers (with 95% group-bootstrap intervals) report "
+              "how the chosen model does, and the promotion gate uses them once."),
+        ("p", f"**Ranking metric:** validation `{rank_metric}` ({direction}, params `promote.metric`). "
+              + (f"**Best: `{best}`** (validation {_fmt_metric(rank_of[best]['value'])}"
                  + (f"; majority baseline {_fmt_metric(rank_of[best]['baseline_value'])}"
-                    if rank_of[best]["baseline_value"] is not None else "") + ")."
-                 if best else "**No architecture has a value for it.**")),
+                    if rank_of[best]["baseline_value"] is not None else "")
+                 + f"; test {_fmt_metric(rank_of[best]['test_value'])})."
+                 if best else "**No architecture has a validation value for it.**")),
         ("p", "Diagnostic-support research output, not a validated medical device: per-class "
               "sensitivity and subgroup results below matter more than any single summary number."),
     ]
     for text in warnings:
         blocks.append(("p", f"**Warning:** {text}"))
+    if skipped:
+        blocks.append(("p", "**Skipped candidates** (no model to compare): "
+                            + "; ".join(f"`{a}`: {why}" for a, why in skipped.items()) + "."))
 
-    # --- summary, per class, subgroups, plots
+    # --- selection, summary, per class, subgroups, plots
+    blocks.append(("h2", "Selection: validation chooses, test reports"))
+    blocks.append(("p", "Rank order comes from the validation column only. Test values carry a 95% "
+                        "interval from resampling groups (lesions, patients, slides) with replacement."))
+    blocks.append(("table", _selection_table(metrics_by_arch, ranking, rank_metric)))
     blocks.append(("h2", "Summary"))
-    blocks.append(("p", "One row per architecture, best first; the majority-class baseline is the "
-                        "floor every model must clear. Best value per metric in bold; ★ = ranking "
-                        "metric. Latency is single-image (batch 1), throughput at batch 32."))
+    blocks.append(("p", "Test-split metrics, one row per architecture in validation rank order; the "
+                        "majority-class baseline is the floor every model must clear. Best test value "
+                        "per metric in bold; ★ = ranking metric (ranked on validation). Latency is "
+                        "single-image (batch 1), throughput at batch 32."))
     blocks.append(("table", _summary_table(rows, baseline, ranking, rank_metric)))
     overview = _sensitivity_overview(metrics_by_arch, archs)
     if overview is not None:
@@ -524,7 +606,8 @@ def build_report(
         per_class = (doc.get("test") or {}).get("per_class")
         if per_class:
             blocks.append(("h3", f"{arch}: per-class results"))
-            blocks.append(("table", _per_class_table(per_class)))
+            blocks.append(("table", _per_class_table(
+                per_class, ((doc.get("test") or {}).get("ci95") or {}).get("per_class"))))
         subgroups = doc.get("subgroups") or {}
         if subgroups:
             blocks.append(("h3", f"{arch}: subgroups"))
@@ -542,6 +625,8 @@ def build_report(
         "split_sizes": sizes,
         "test_n": test_ns[0] if len(test_ns) == 1 else test_ns,
         "rank_metric": rank_metric,
+        "rank_split": RANK_SPLIT,
+        "report_split": "test",
         "higher_is_better": higher_is_better,
         "rows": rows,
         "baseline": baseline,
@@ -552,6 +637,7 @@ def build_report(
         "subgroups": {a: metrics_by_arch[a].get("subgroups") or {} for a in archs},
         "plots": {a: {Path(rel).stem: (rel if src else None) for _, rel, src in images[a].items}
                   for a in archs},
+        "skipped": skipped,
         "warnings": warnings,
     })
     (out_dir / JSON_NAME).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n",
@@ -577,7 +663,8 @@ def main() -> None:
     result = build_report(
         metrics_by_arch, paths.plots_dir(archs[0]).parent, out_dir, params["promote"]["metric"]
     )
-    print(f"compare: {len(archs)} architectures, ranked by {result['rank_metric']}; "
+    print(f"compare: {len(archs)} candidates ({len(result['skipped'])} skipped), ranked by validation "
+          f"{result['rank_metric']}; "
           f"best = {result['best']}; report in {out_dir / MD_NAME}")
 
 

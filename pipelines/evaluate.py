@@ -1,8 +1,10 @@
-"""Evaluate stage: score one trained architecture on the held-out test split.
+"""Evaluate stage: score one trained architecture on the validation and the held-out test split.
 
-Writes metrics/<arch>.json (DVC metrics; the comparison report's input), plots/<arch>/ (confusion
-matrix, ROC, reliability, learning curves, Grad-CAM) and logs both to the architecture's MLflow run.
-Every architecture is scored on the same test rows.
+Writes metrics/<arch>.json (DVC metrics; the comparison report's input): `val` (what compare
+selects on), `test` (reported only, never used to choose) and their baselines, each metric with a
+95% group-bootstrap interval (`ci95`); plus plots/<arch>/ (confusion matrix, ROC, reliability,
+learning curves, Grad-CAM, all on test) and logs both to the architecture's MLflow run. Every
+architecture is scored on the same rows.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import tracking
+from pipelines.bootstrap import metric_intervals
 from pipelines.config import Paths, load_params, project_root
 from pipelines.gradcam import gradcam, save_gradcam_grid
 from pipelines.inference import label_indices, load_bundle, metadata_for, predict_frame
@@ -59,6 +62,23 @@ def render_gradcam(model, info: Mapping[str, Any], sample: pd.DataFrame, root: P
     save_gradcam_grid(images, heatmaps, titles, path)
 
 
+def score_split(model, info: Mapping[str, Any], frame: pd.DataFrame, root: Path,
+                train_labels: np.ndarray, ep: Mapping[str, Any]) -> tuple[np.ndarray, dict, dict]:
+    """(probabilities, metrics with `ci95`, majority baseline) of one split."""
+    classes = info["classes"]
+    probs = predict_frame(model, info, frame, root)
+    y_true = label_indices(frame, classes)
+    top_k = resolve_top_k(ep.get("top_k", "auto"), len(classes))
+    bins = int(ep.get("calibration_bins", 10))
+    results = classification_metrics(y_true, probs, classes, top_k=top_k, calibration_bins=bins)
+    results["ci95"] = metric_intervals(
+        y_true, probs, frame["group_id"].astype(str).tolist(), classes,
+        n_resamples=int(ep.get("bootstrap_resamples", 500)), seed=int(ep.get("bootstrap_seed", 0)),
+        confidence=float(ep.get("confidence", 0.95)), top_k=top_k, calibration_bins=bins)
+    baseline = majority_baseline(train_labels, y_true, len(classes), classes)
+    return probs, results, baseline
+
+
 def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     ep = params["evaluate"]
     model, info = load_bundle(paths.model_dir(arch))
@@ -67,12 +87,13 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     profile = profile_model(model, metadata_dim=len(info.get("metadata_features", [])))
     frames = read_splits(paths)
     test = frames["test"]
-    probs = predict_frame(model, info, test, paths.root)
+    train_labels = label_indices(frames["train"], classes)
+    val_results = val_baseline = None  # an empty val split: compare says so and never ranks on test
+    if len(frames["val"]):
+        _, val_results, val_baseline = score_split(model, info, frames["val"], paths.root, train_labels, ep)
+    probs, results, baseline = score_split(model, info, test, paths.root, train_labels, ep)
     y_true = label_indices(test, classes)
-    top_k = resolve_top_k(ep.get("top_k", "auto"), len(classes))
-    bins = int(ep.get("calibration_bins", 10))
-    results = classification_metrics(y_true, probs, classes, top_k=top_k, calibration_bins=bins)
-    baseline = majority_baseline(label_indices(frames["train"], classes), y_true, len(classes), classes)
+    top_k = int(results["top_k"])
     groups = test.copy()
     if "age" in groups:
         groups["age_band"] = age_band(groups["age"])
@@ -91,9 +112,11 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
 
     report = {
         "arch": arch, "dataset": info["dataset"], "builder": info["builder"],
+        "selection_split": "val", "val": val_results, "val_baseline": val_baseline,
         "test": results, "baseline": baseline, "subgroups": subgroups, "profile": profile,
         "training": {k: info[k] for k in ("train_seconds", "epochs_run", "best_epoch", "image_size",
                                            "run_id", "split_sizes")},
+        "bootstrap": results["ci95"]["bootstrap"],
     }
     out = paths.metrics_file(arch)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +124,10 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
 
     tracking.configure(paths, info["dataset"])
     with mlflow.start_run(run_id=info["run_id"]):
-        mlflow.log_metrics({**flatten_for_logging(results),
+        intervals = {f"test_{k}_ci95_{end}": float(v[i]) for k, v in results["ci95"].items()
+                     if isinstance(v, list) for i, end in enumerate(("low", "high"))}
+        mlflow.log_metrics({**flatten_for_logging(results), **intervals,
+                            **flatten_for_logging(val_results or {}, prefix="val_"),
                             **flatten_for_logging(baseline, prefix="baseline_"),
                             **{f"profile_{k}": float(v) for k, v in profile.items() if isinstance(v, (int, float))}})
         mlflow.log_artifacts(str(plots), artifact_path="plots")
@@ -110,13 +136,14 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate one trained architecture on the test split.")
+    parser = argparse.ArgumentParser(description="Evaluate one trained architecture on val and test.")
     parser.add_argument("--arch", required=True)
     args = parser.parse_args(argv)
     root = project_root()
     report = evaluate(args.arch, Paths(root), load_params(root))
-    t = report["test"]
-    print(f"{args.arch}: accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, "
+    t, v = report["test"], report["val"] or {}
+    print(f"{args.arch}: val balanced accuracy {v.get('balanced_accuracy')} (selects); test (reports): "
+          f"accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, "
           f"macro F1 {t['f1_macro']:.3f}, macro ROC-AUC {t['roc_auc_macro_ovr']} "
           f"(majority baseline accuracy {report['baseline']['accuracy']:.3f})", file=sys.stderr)
 

@@ -1,53 +1,39 @@
-"""Promote stage: register the best architecture and bless it (or not), like TFX's Evaluator+Pusher.
+"""Promote stage: register the chosen architecture and bless it (or not), like TFX's Evaluator+Pusher.
 
-The gate: the candidate must reach an absolute floor on `promote.metric`, and, when a champion
-exists, beat it by more than `promote.min_delta` with both scored on today's test split (the
-champion is re-scored, since new cases change the split). The candidate is registered either way,
-with its lineage and the decision as tags; only a blessed candidate gets the `champion` alias.
+The challenger is compare's best, chosen on the validation split; the test split only scores it.
+The gate (pipelines/gate.py): the challenger's test score must reach an absolute floor; when a
+champion exists, both are scored on the same test images, minus every image either model trained
+or early-stopped on (each version's training fingerprint), and the challenger must beat the champion
+by more than `promote.min_delta` (optionally with the paired group-bootstrap interval's lower bound
+above it) without lowering the sensitivity of a guarded class by more than
+`promote.max_sensitivity_drop`. A champion whose artifacts are gone is recorded as unscorable and
+the floor decides, so a lost artifact never blocks promotion forever. The candidate is registered
+either way, with its lineage and every gate number as tags; only a blessed one gets `champion`.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow
+import pandas as pd
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 
 from pipelines import registry, tracking
 from pipelines.config import Paths, load_params, project_root
-from pipelines.inference import label_indices, predict_frame
-from pipelines.metrics import classification_metrics
+from pipelines.fingerprint import ARTIFACT as FINGERPRINT_ARTIFACT
+from pipelines.fingerprint import check_fingerprint, read_fingerprint, training_fingerprint
+from pipelines.gate import (ALREADY_CHAMPION, COMPARED, NO_CHAMPION, OTHER_LABELS, UNSCORABLE,
+                            Comparison, Decision,
+                            compare_models, decide, fair_test_images, policy_from_params)
+from pipelines.inference import label_indices, load_bundle, predict_frame
 from pipelines.manifest import read_splits
-
-
-@dataclass(frozen=True)
-class Decision:
-    blessed: bool
-    reason: str
-    metric: str
-    candidate_score: float
-    champion_score: float | None
-    floor: float
-    min_delta: float
-
-
-def bless(metric: str, candidate: float, champion: float | None, floor: float, min_delta: float) -> Decision:
-    """The blessing rule, pure so it can be tested on constructed cases."""
-    def decide(ok: bool, why: str) -> Decision:
-        return Decision(ok, why, metric, candidate, champion, floor, min_delta)
-
-    if candidate < floor:
-        return decide(False, f"{metric} {candidate:.4f} is below the floor {floor:.4f}")
-    if champion is None:
-        return decide(True, f"first champion: {metric} {candidate:.4f} >= floor {floor:.4f}")
-    if candidate - champion > min_delta:
-        return decide(True, f"{metric} {candidate:.4f} beats champion {champion:.4f} by more than {min_delta}")
-    return decide(False, f"{metric} {candidate:.4f} does not beat champion {champion:.4f} by more than {min_delta}")
 
 
 def git_commit(root: Path) -> str:
@@ -76,19 +62,60 @@ def data_hashes(paths: Paths) -> dict[str, str]:
     return hashes
 
 
-def champion_score(name: str, paths: Paths, metric: str, classes: list[str],
-                   client: MlflowClient) -> tuple[str | None, float | None, str]:
-    """Re-score the current champion on today's test split: (version, score, note)."""
+def challenger_fingerprint(paths: Paths, arch: str, frames: Mapping[str, pd.DataFrame]
+                           ) -> tuple[dict[str, Any], str]:
+    """The challenger's fingerprint file; a model trained before fingerprints existed gets today's
+    train+val (DVC retrains models/<arch> whenever the split changes, so that is what it saw)."""
+    path = paths.train_fingerprint(arch)
+    if path.exists():
+        return read_fingerprint(path), "recorded"
+    return training_fingerprint(frames), "derived from today's train+val split (no fingerprint file)"
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The current champion as the gate sees it."""
+
+    version: ModelVersion | None
+    state: str  # gate.NO_CHAMPION, ALREADY_CHAMPION, COMPARED, UNSCORABLE or OTHER_LABELS
+    note: str
+    model: tuple[Any, dict[str, Any]] | None = None   # (keras model, train_info) when COMPARED
+    fingerprint: dict[str, Any] | None = None
+
+
+def current_champion(name: str, client: MlflowClient, classes: list[str], candidate_run: str) -> Champion:
+    """Load the champion and its fingerprint; missing artifacts make it unscorable, not fatal."""
     current = registry.version_by_alias(client, name, registry.CHAMPION)
     if current is None:
-        return None, None, "no champion yet"
-    model, info = registry.load_version(name, current)
+        return Champion(None, NO_CHAMPION, "no champion yet")
+    if current.run_id == candidate_run:
+        return Champion(current, ALREADY_CHAMPION, f"version {current.version}, run {candidate_run}")
+    try:
+        model, info = registry.load_version(name, current)
+        fingerprint = registry.download_json(name, current, FINGERPRINT_ARTIFACT)
+    except registry.ArtifactMissing as exc:
+        print(f"promote: the champion cannot be scored: {exc}", file=sys.stderr)
+        return Champion(current, UNSCORABLE, str(exc))
     if list(info["classes"]) != list(classes):
-        return current.version, None, "champion was trained on another label set: not comparable"
-    test = read_splits(paths)["test"]
-    probs = predict_frame(model, info, test, paths.root)
-    scores = classification_metrics(label_indices(test, classes), probs, classes)
-    return current.version, float(scores[metric]), "re-scored on the current test split"
+        return Champion(current, OTHER_LABELS,
+                        f"version {current.version} was trained on another label set {info['classes']}")
+    if fingerprint is None:
+        # Conservative: its training images are unknown, so none can be excluded for it; if it saw
+        # some of today's test images its score is inflated, which can only favour keeping it.
+        return Champion(current, COMPARED, (
+            f"version {current.version} has no training fingerprint ({FINGERPRINT_ARTIFACT}): compared "
+            "on every test image the challenger did not see; any overlap favours the champion"),
+            (model, info))
+    return Champion(current, COMPARED, f"version {current.version} re-scored on the shared test images",
+                    (model, info),
+                    check_fingerprint(fingerprint, f"{name} v{current.version} {FINGERPRINT_ARTIFACT}"))
+
+
+def gate_tags(outcome: Mapping[str, Any]) -> dict[str, str]:
+    """Every gate number as a version tag `medscan.gate.<key>` (nested values as JSON); the verdict
+    itself is in `medscan.blessed` / `medscan.blessing_reason`."""
+    return {f"medscan.gate.{key}": value if isinstance(value, str) else json.dumps(value)
+            for key, value in outcome.items() if key not in ("blessed", "reason")}
 
 
 def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,17 +124,54 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     compare = json.loads((paths.compare_dir / "compare.json").read_text(encoding="utf-8"))
     best = compare["best"]
     if best is None:
-        raise SystemExit(f"no architecture has a test {metric}: nothing to promote (see compare.json)")
+        raise SystemExit(f"no architecture has a validation {metric}: nothing to promote (see compare.json)")
     report = json.loads(paths.metrics_file(best).read_text(encoding="utf-8"))
     info = json.loads((paths.model_dir(best) / "train_info.json").read_text(encoding="utf-8"))
+    classes = list(info["classes"])
+    policy = policy_from_params(pp, dataset, classes)
     candidate = float(report["test"][metric])
+    candidate_val = (report.get("val") or {}).get(metric)
+    candidate_ci = ((report["test"].get("ci95") or {}).get(metric))
 
     tracking.configure(paths, dataset)
     client = MlflowClient()
     name = registry.model_name(params)
-    before, champ, note = champion_score(name, paths, metric, info["classes"], client)
-    decision = bless(metric, candidate, champ, float(pp["floor"]), float(pp["min_delta"]))
+    champ = current_champion(name, client, classes, info["run_id"])
+    state, before = champ.state, champ.version
+    comparison: Comparison | None = None
+    fingerprints = {"challenger": "not needed", "champion": "not needed"}
+    if state == COMPARED:
+        frames = read_splits(paths)
+        ours_fp, fingerprints["challenger"] = challenger_fingerprint(paths, best, frames)
+        fingerprints["champion"] = "recorded" if champ.fingerprint is not None else "missing"
+        test = frames["test"]
+        fair, excluded = fair_test_images(test, {"challenger": ours_fp, "champion": champ.fingerprint})
+        if len(fair):
+            model, own_info = load_bundle(paths.model_dir(best))
+            ours = predict_frame(model, own_info, fair, paths.root)
+            theirs = predict_frame(*champ.model, fair, paths.root)
+        else:
+            ours = theirs = None
+        comparison = compare_models(label_indices(fair, classes), fair["group_id"].astype(str).tolist(),
+                                    ours, theirs, classes, policy, n_test=len(test), excluded=excluded)
+    decision: Decision = decide(policy, candidate, state, comparison, champ.note)
 
+    outcome: dict[str, Any] = {
+        "blessed": int(decision.blessed), "reason": decision.reason, "metric": metric,
+        "selected_on": compare.get("rank_split"),
+        "candidate_arch": best, "candidate_score": candidate, "candidate_val_score": candidate_val,
+        "candidate_ci95": candidate_ci,
+        "champion_score": None if comparison is None else comparison.champion_score,
+        "champion_state": state, "champion_unscorable": state == UNSCORABLE,
+        "champion_note": champ.note, "floor": policy.floor, "min_delta": policy.min_delta,
+        "require_ci_above_delta": policy.require_ci_above_delta,
+        "guard": {"classes": list(policy.guard_classes),
+                  "max_sensitivity_drop": policy.max_sensitivity_drop,
+                  "outcome": decision.guard_outcome()},
+        "comparison": None if comparison is None else {**comparison.as_dict(),
+                                                       "fingerprints": fingerprints},
+        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in decision.checks],
+    }
     lineage = {
         "medscan.git_commit": git_commit(paths.root),
         **{f"medscan.dvc_md5.{k}": v for k, v in data_hashes(paths).items()},
@@ -116,22 +180,23 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         "medscan.params": json.dumps({"train": params["train"], "zoo": info["spec"],
                                       "augment": params["augment"], "split": params["split"]}),
         f"medscan.test_{metric}": f"{candidate:.6f}",
+        **({f"medscan.val_{metric}": f"{float(candidate_val):.6f}"} if candidate_val is not None else {}),
         "medscan.blessed": str(decision.blessed).lower(),
         "medscan.blessing_reason": decision.reason,
     }
-    version = registry.register(client, name, info["run_id"], lineage)
+    outcome["champion_before"] = None if before is None else int(before.version)
+    if state == ALREADY_CHAMPION:  # keep the tags of the gate that blessed it
+        version = champ.version
+    else:
+        version = registry.register(client, name, info["run_id"], {**lineage, **gate_tags(outcome)})
     if decision.blessed:
         registry.set_champion(client, name, version.version)
     after = registry.version_by_alias(client, name, registry.CHAMPION)
-    outcome = {
-        **asdict(decision), "blessed": int(decision.blessed), "model_name": name,
-        "candidate_arch": best, "candidate_version": int(version.version),
-        "champion_before": None if before is None else int(before), "champion_note": note,
-        "champion_after": None if after is None else int(after.version),
-        "lineage": lineage,
-    }
+    outcome.update({"model_name": name, "candidate_version": int(version.version),
+                    "champion_after": None if after is None else int(after.version),
+                    "lineage": lineage})
     paths.promotion.parent.mkdir(parents=True, exist_ok=True)
-    paths.promotion.write_text(json.dumps(outcome, indent=2) + "\n", encoding="utf-8")
+    paths.promotion.write_text(json.dumps(outcome, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     with mlflow.start_run(run_id=info["parent_run_id"]):
         mlflow.set_tags({"medscan.blessed": str(decision.blessed).lower(),
                          "medscan.candidate": f"{name}/{version.version}"})

@@ -83,16 +83,57 @@ def rollback(client: MlflowClient, name: str) -> str:
     return restored
 
 
-def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]:
-    """(keras model, train_info) of a registered version, fetched from the registry's store."""
-    with tempfile.TemporaryDirectory() as tmp:
-        info_path = mlflow.artifacts.download_artifacts(
-            run_id=version.run_id, artifact_path="medscan/train_info.json", dst_path=tmp)
-        import pipelines.zoo  # noqa: F401  (registers the zoo's custom layers for deserialisation)
+class ArtifactMissing(RuntimeError):
+    """A registered version whose files are gone from the artifact store (deleted, moved, unreadable).
 
+    The message names the model, the version, its run and the missing artifact, so an operator
+    knows what to restore or roll back; promote treats such a champion as unscorable.
+    """
+
+
+def _missing(name: str, version: ModelVersion, artifact: str, exc: Exception) -> ArtifactMissing:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ArtifactMissing(
+        f"{name} version {version.version} (run {version.run_id}): artifact '{artifact}' is missing "
+        f"from the artifact store ({detail})")
+
+
+def download_json(name: str, version: ModelVersion, artifact: str) -> dict[str, Any] | None:
+    """A JSON artifact of the version's run; None when the run never logged it."""
+    client = MlflowClient()
+    parent, _, filename = artifact.rpartition("/")
+    try:
+        listed = {Path(f.path).name for f in client.list_artifacts(version.run_id, parent or None)}
+    except (MlflowException, OSError) as exc:
+        raise _missing(name, version, artifact, exc) from exc
+    if filename not in listed:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=artifact,
+                                                       dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise _missing(name, version, artifact, exc) from exc
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]:
+    """(keras model, train_info) of a registered version, fetched from the registry's store.
+
+    Raises ArtifactMissing (naming version and artifact) when its files are gone.
+    """
+    info = download_json(name, version, "medscan/train_info.json")
+    if info is None:
+        where = MlflowClient().get_run(version.run_id).info.artifact_uri
+        raise _missing(name, version, "medscan/train_info.json",
+                       FileNotFoundError(f"not found under {where}: deleted, or never logged"))
+    import pipelines.zoo  # noqa: F401  (registers the zoo's custom layers for deserialisation)
+
+    try:
         model = mlflow.tensorflow.load_model(f"models:/{name}/{version.version}",
                                              keras_model_kwargs={"compile": False})
-        info = json.loads(Path(info_path).read_text(encoding="utf-8"))
+    except (MlflowException, OSError, ValueError) as exc:
+        raise _missing(name, version, f"models:/{name}/{version.version} (logged model)", exc) from exc
     return model, info
 
 

@@ -23,6 +23,7 @@ from pipelines.config import Paths, load_params, project_root
 from pipelines.data import make_dataset
 from pipelines.datasets import get_adapter
 from pipelines.features import encode_metadata, metadata_layout
+from pipelines.fingerprint import training_fingerprint, write_fingerprint
 from pipelines.losses import class_weights, make_loss
 from pipelines.manifest import read_labels, read_splits
 from pipelines.zoo import build_model, input_size
@@ -121,6 +122,9 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         mlflow.log_metrics({"train_seconds": seconds, "epochs_run": len(hist["loss"])})
         mlflow.log_artifact(str(out / "train_info.json"), artifact_path="medscan")
         mlflow.log_artifact(str(out / "history.json"), artifact_path="medscan")
+        # sha256 of every train+val image: the promotion gate never compares on these.
+        fingerprint = write_fingerprint(paths.train_fingerprint(arch), training_fingerprint(frames))
+        mlflow.log_artifact(str(fingerprint), artifact_path="medscan")
         mlflow.tensorflow.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS)
     return train_info
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipelines import compare
+from pipelines.bootstrap import metric_intervals
 from pipelines.compare import build_report, rank_architectures
 from pipelines.metrics import classification_metrics, majority_baseline, subgroup_metrics
 
@@ -36,12 +37,18 @@ def _doc(
     arch: str, skill: float, seed: int, params: int, y: np.ndarray, frame: pd.DataFrame
 ) -> dict[str, Any]:
     p = _probs(y, skill, seed)
+    y_val = np.roll(y, 7)
+    test = classification_metrics(y, p, CLASSES, top_k=2)
+    test["ci95"] = metric_intervals(y, p, np.arange(N_TEST) // 2, CLASSES, n_resamples=50, seed=0)
+    train = np.array([1] * 30 + [0] * 10 + [2] * 5)
     return {
         "arch": arch,
         "dataset": "ham10000",
         "builder": "custom_cnn",
-        "test": classification_metrics(y, p, CLASSES, top_k=2),
-        "baseline": majority_baseline(np.array([1] * 30 + [0] * 10 + [2] * 5), y, 3, CLASSES),
+        "val": classification_metrics(y_val, _probs(y_val, skill, seed + 100), CLASSES, top_k=2),
+        "val_baseline": majority_baseline(train, y_val, 3, CLASSES),
+        "test": test,
+        "baseline": majority_baseline(train, y, 3, CLASSES),
         "subgroups": subgroup_metrics(frame, y, p, CLASSES, min_size=10),
         "profile": {"params": params, "flops": params * 2100, "size_mb": params * 4 / 1e6,
                     "latency_ms_p50": 1.5, "latency_ms_p95": 2.5, "throughput_ips": 900.0},
@@ -72,7 +79,7 @@ def project(tmp_path: Path) -> tuple[dict[str, dict], Path]:
 
 
 def _expected_order(docs: dict[str, dict]) -> list[str]:
-    return sorted(docs, key=lambda a: -docs[a]["test"]["balanced_accuracy"])
+    return sorted(docs, key=lambda a: -docs[a]["val"]["balanced_accuracy"])  # validation chooses
 
 
 def test_json_rows_ranking_and_best(project: tuple[dict[str, dict], Path], tmp_path: Path) -> None:
@@ -89,6 +96,10 @@ def test_json_rows_ranking_and_best(project: tuple[dict[str, dict], Path], tmp_p
     assert [r["rank"] for r in sorted(result["rows"], key=lambda r: order.index(r["arch"]))] == [1, 2, 3]
     values = [r["value"] for r in result["ranking_detail"]]
     assert values == sorted(values, reverse=True)
+    assert values == [docs[a]["val"]["balanced_accuracy"] for a in order]
+    assert [r["test_value"] for r in result["ranking_detail"]] == [docs[a]["test"]["balanced_accuracy"]
+                                                                  for a in order]
+    assert result["rank_split"] == "val" and result["report_split"] == "test" and result["skipped"] == {}
     assert result["best"] == "cnn_medium" and result["rank_metric"] == "balanced_accuracy"
     rows = {r["arch"]: r for r in result["rows"]}
     assert set(rows) == set(docs)
@@ -98,6 +109,9 @@ def test_json_rows_ranking_and_best(project: tuple[dict[str, dict], Path], tmp_p
                 "recall_weighted", "f1_macro", "f1_weighted", "mcc", "roc_auc_macro_ovr", "ece"):
         assert medium[key] == test[key]
     assert medium["top_k_accuracy"] == test["top_2_accuracy"] and medium["top_k"] == 2
+    assert medium["val"]["balanced_accuracy"] == docs["cnn_medium"]["val"]["balanced_accuracy"]
+    assert medium["ci95"]["balanced_accuracy"] == test["ci95"]["balanced_accuracy"]
+    assert medium["ci95"]["top_k_accuracy"] == test["ci95"]["top_2_accuracy"]
     assert medium["params"] == 60_000 and medium["latency_ms_p95"] == 2.5 and medium["epochs_run"] == 12
     assert medium["builder"] == "custom_cnn" and medium["run_id"] == "run-cnn_medium"
     assert result["baseline"]["arch"] == "majority_baseline"
@@ -158,7 +172,7 @@ def test_lower_is_better_metric_and_missing_values(project: tuple[dict[str, dict
     ranking = rank_architectures(docs, "ece")
     eces = [r["value"] for r in ranking]
     assert eces == sorted(eces)
-    docs["cnn_medium"]["test"]["roc_auc_macro_ovr"] = None
+    docs["cnn_medium"]["val"]["roc_auc_macro_ovr"] = None
     ranking = rank_architectures(docs, "roc_auc_macro_ovr")
     assert ranking[-1]["arch"] == "cnn_medium" and ranking[-1]["value"] is None
     assert all(r["beats_baseline"] is not None for r in ranking[:-1])
@@ -167,7 +181,7 @@ def test_lower_is_better_metric_and_missing_values(project: tuple[dict[str, dict
 def test_ties_go_to_the_smaller_model(project: tuple[dict[str, dict], Path]) -> None:
     docs, _ = project
     for doc in docs.values():
-        doc["test"]["balanced_accuracy"] = 0.5
+        doc["val"]["balanced_accuracy"] = 0.5
     assert [r["arch"] for r in rank_architectures(docs, "balanced_accuracy")] == [
         "cnn_small", "cnn_medium", "mobilenetv2_attention",
     ]
@@ -175,7 +189,7 @@ def test_ties_go_to_the_smaller_model(project: tuple[dict[str, dict], Path]) -> 
 
 def test_model_below_baseline_is_flagged(project: tuple[dict[str, dict], Path], tmp_path: Path) -> None:
     docs, plots = project
-    docs["cnn_small"]["test"]["mcc"] = -0.2  # the majority baseline's MCC is 0
+    docs["cnn_small"]["val"]["mcc"] = -0.2  # the majority baseline's MCC is 0
     result = build_report(docs, plots, tmp_path / "c", "mcc")
     small = next(r for r in result["ranking_detail"] if r["arch"] == "cnn_small")
     assert small["beats_baseline"] is False and result["ranking"][-1] == "cnn_small"
@@ -217,7 +231,7 @@ def test_main_reads_params_and_writes_reports(
     result = json.loads((out / "compare.json").read_text())
     assert [r["arch"] for r in result["rows"]] == archs
     assert result["rank_metric"] == "f1_macro"
-    best = max(archs, key=lambda a: docs[a]["test"]["f1_macro"])
+    best = max(archs, key=lambda a: docs[a]["val"]["f1_macro"])
     assert result["best"] == best
     assert result["split_sizes"] == {"train": 280, "val": 60, "test": N_TEST}
     assert "train 280, val 60, test 60 images" in (out / "compare.md").read_text()
@@ -231,3 +245,59 @@ def test_main_names_the_missing_metrics_file(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("MEDSCAN_ROOT", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="x.json"):
         compare.main()
+
+
+def test_validation_chooses_even_when_test_disagrees(project: tuple[dict[str, dict], Path],
+                                                     tmp_path: Path) -> None:
+    docs, plots = project
+    docs["cnn_small"]["val"]["balanced_accuracy"] = 0.99  # best on validation, worst on test
+    assert docs["cnn_small"]["test"]["balanced_accuracy"] < docs["cnn_medium"]["test"]["balanced_accuracy"]
+    result = build_report(docs, plots, tmp_path / "c", "balanced_accuracy")
+    assert result["best"] == "cnn_small" and result["ranking"][0] == "cnn_small"
+    md = (tmp_path / "c" / "compare.md").read_text()
+    assert "Validation chose, test only reports" in md
+    selection = md.split("## Selection: validation chooses, test reports", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in selection.splitlines() if line.startswith("|")]
+    assert "Val balanced_accuracy (selects)" in table[0] and "Test balanced_accuracy [95% CI]" in table[0]
+    first = [c.strip() for c in table[2].split("|")]
+    assert first[2] == "cnn_small" and first[3] == "**0.990**"
+    lo, hi = docs["cnn_small"]["test"]["ci95"]["balanced_accuracy"]
+    assert f"{docs['cnn_small']['test']['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" == first[4]
+    assert "Sensitivity 95% CI" in md
+
+
+def test_an_arch_without_validation_metrics_is_never_chosen(project: tuple[dict[str, dict], Path],
+                                                            tmp_path: Path) -> None:
+    docs, plots = project
+    del docs["cnn_medium"]["val"]  # best on test, but nothing chose it
+    result = build_report(docs, plots, tmp_path / "c", "balanced_accuracy")
+    assert result["ranking"][-1] == "cnn_medium" and result["best"] != "cnn_medium"
+    assert any("No validation metrics" in w and "cnn_medium" in w for w in result["warnings"])
+
+
+def test_skipped_candidates_are_listed_not_ranked(
+    project: tuple[dict[str, dict], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs, _ = project
+    root = tmp_path
+    archs = ["cnn_small", "warm_start", "cnn_medium"]
+    (root / "params.yaml").write_text(yaml.safe_dump({"architectures": archs,
+                                                      "promote": {"metric": "balanced_accuracy"}}))
+    (root / "metrics").mkdir()
+    for arch in ("cnn_small", "cnn_medium"):
+        (root / "metrics" / f"{arch}.json").write_text(json.dumps(docs[arch]))
+    (root / "metrics" / "warm_start.json").write_text(
+        json.dumps({"skipped": "no champion to warm-start from", "arch": "warm_start"}))
+    monkeypatch.setenv("MEDSCAN_ROOT", str(root))
+    compare.main()
+    out = root / "reports" / "compare"
+    result = json.loads((out / "compare.json").read_text())
+    assert result["skipped"] == {"warm_start": "no champion to warm-start from"}
+    assert "warm_start" not in result["ranking"] and [r["arch"] for r in result["rows"]] == ["cnn_small",
+                                                                                          "cnn_medium"]
+    assert result["best"] == "cnn_medium"
+    md = (out / "compare.md").read_text()
+    assert "**Skipped candidates**" in md and "`warm_start`: no champion to warm-start from" in md
+    with pytest.raises(ValueError, match="every candidate was skipped"):
+        build_report({"warm_start": {"skipped": "x", "arch": "warm_start"}}, root / "plots", out,
+                     "balanced_accuracy")

@@ -31,12 +31,14 @@ AROUND = {"intake", "should_retrain", "publish", "record_outcome"}
 
 def literal_edges(architectures: list[str], demo_root: bool = True) -> set[tuple[str, str]]:
     """dvc.yaml's graph written out by hand: what each stage reads from which stage."""
-    edges = {("ingest", "validate"), ("ingest", "split"), ("validate", "split"), ("compare", "promote")}
+    edges = {("ingest", "validate"), ("ingest", "split"), ("validate", "split"), ("compare", "promote"),
+             ("ingest", "promote"), ("split", "promote")}  # promote re-scores on data/images, splits
     if demo_root:                       # dataset.root inside data/demo, the demo_data output
         edges.add(("demo_data", "ingest"))
     for arch in architectures:
         edges |= {("ingest", f"train@{arch}"), ("split", f"train@{arch}"), ("split", f"evaluate@{arch}"),
-                  (f"train@{arch}", f"evaluate@{arch}"), (f"evaluate@{arch}", "compare")}
+                  (f"train@{arch}", f"evaluate@{arch}"), (f"evaluate@{arch}", "compare"),
+                  ("ingest", f"evaluate@{arch}"), (f"train@{arch}", "promote"), (f"evaluate@{arch}", "promote")}
     return edges
 
 
