@@ -14,10 +14,13 @@ and a FINISHED MLflow run that dvc.lock never recorded. So, in a stage run by DV
 - SIGTERM, SIGHUP and SIGINT raise `Interrupted` (a SystemExit with code 128+signal) in the main
   thread, so `with mlflow.start_run()` unwinds; at exit the runs that were active are set KILLED.
 
-`install()` is idempotent; `install_for_stage()` (called by `pipelines.tracking.configure`, which
-every MLflow-logging entry point calls) installs only in a process that is a stage or a
-`python -m pipelines.X` tool, never in a library user such as a test runner or an Airflow worker.
-A signal that is ignored (`nohup`) stays ignored.
+It also redacts credentials from every log record of the process (pipelines.redact).
+
+`install()` is idempotent. `import pipelines` calls it in every process DVC runs as a stage (so
+before a stage reads any data), and `install_for_stage()` (called by `pipelines.tracking.configure`,
+which every MLflow-logging entry point calls) in a `python -m pipelines.X` tool run by hand; never
+in a library user such as a test runner or an Airflow worker. An ignored signal (`nohup`) stays
+ignored; outside DVC nothing watches the parent (a `nohup`ed training outlives its terminal).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from pipelines import redact
 
 GRACE_S = 30.0                 # from "launcher gone" to a forced exit when SIGTERM is not handled
 POLL_S = 0.5                   # only where pidfd_open is unavailable
@@ -188,9 +193,20 @@ def _handler(signum: int, frame: object) -> None:
     if not _interrupted_runs:
         atexit.register(_mark_killed)   # registered after MLflow's own: runs before it (LIFO)
     _interrupted_runs.update(_active_run_ids())
-    # A second signal while unwinding gets the default action (a stuck cleanup can still be killed).
-    signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    # While unwinding, more SIGTERM/SIGHUP (the parent-death signal and the watchdog both send one)
+    # must not kill the process before its runs are marked; a second Ctrl-C still interrupts.
+    for other in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(other) is _handler:
+            signal.signal(other, _already_stopping)
+    if signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     raise Interrupted(signum)
+
+
+def _already_stopping(signum: int, frame: object) -> None:
+    """A further SIGTERM/SIGHUP during the unwind: noted; the watchdog's grace timer still applies."""
+    print(f"medscan: {signal.Signals(signum).name} while already stopping: unwinding goes on",
+          file=sys.stderr, flush=True)
 
 
 def install_signal_handlers() -> list[int]:
@@ -214,6 +230,7 @@ def install(*, grace_s: float = GRACE_S) -> bool:
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
+    redact.install()
     install_signal_handlers()
     if os.environ.get("DVC_STAGE") is not None:
         launcher = find_launcher()
