@@ -205,8 +205,8 @@ def _handler(signum: int, frame: object) -> None:
 
 def _already_stopping(signum: int, frame: object) -> None:
     """A further SIGTERM/SIGHUP during the unwind: noted; the watchdog's grace timer still applies."""
-    print(f"medscan: {signal.Signals(signum).name} while already stopping: unwinding goes on",
-          file=sys.stderr, flush=True)
+    # os.write, not print: a handler may run in the middle of a print (a reentrant write raises).
+    os.write(2, f"medscan: {signal.Signals(signum).name} while already stopping: unwinding goes on\n".encode())
 
 
 def install_signal_handlers() -> list[int]:
