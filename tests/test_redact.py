@@ -134,3 +134,23 @@ def test_dag_failure_line_is_redacted():
     text = "\n".join(collect.lines)
     assert text.count("MEDSCAN RETRAIN TASK FAILED") == 2
     assert SECRET not in text and "https://***@127.0.0.1:9/x.git" in text
+
+
+def test_mlflow_run_tags_carry_no_credentials_of_the_git_remote(tmp_path):
+    """MLflow records the checkout's git remote as a tag: with a token in it, the tag has none."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import PROJECT, venv_env
+
+    root = _git_repo(tmp_path / "proj")
+    subprocess.run(["git", "remote", "add", "origin", PUSH_URL], cwd=root, check=True)
+    (root / "stage.py").write_text(
+        "from pathlib import Path\nimport mlflow\nfrom pipelines import tracking\nfrom pipelines.config import Paths\n"
+        "experiment = tracking.configure(Paths(Path.cwd()), 'tags')\n"
+        "with mlflow.start_run(experiment_id=experiment) as run:\n"
+        "    Path('run_id').write_text(run.info.run_id)\n")
+    env = {**venv_env(root), "PYTHONPATH": str(PROJECT)}
+    subprocess.run([sys.executable, "stage.py"], cwd=root, env=env, check=True, capture_output=True, timeout=180)
+    run = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run((root / "run_id").read_text())
+    assert run.data.tags.get("mlflow.source.git.repoURL") == "https://127.0.0.1:9/x.git"   # recorded, stripped
+    assert all(SECRET not in f"{k}={v}" for k, v in run.data.tags.items())
