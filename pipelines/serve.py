@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import mlflow
 import numpy as np
 import pandas as pd
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -47,22 +47,25 @@ def missing_artifacts(client: MlflowClient, name: str, version: ModelVersion) ->
     """What serving `version` needs that its artifact store no longer has (empty: all there).
 
     Checked before loading so the error names the version and the file, not MLflow's
-    `No such artifact: ''` from deep inside the loader.
+    `No such artifact: ''` from deep inside the loader. A store that cannot be listed (network)
+    is named with its error rather than called empty.
     """
+    def why(err: Exception) -> str:
+        return f" (cannot list: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})"
+
     missing = []
     try:
-        listed = {a.path for a in client.list_artifacts(version.run_id, "medscan")}
-    except (MlflowException, OSError):
-        listed = set()
-    if TRAIN_INFO not in listed:
-        missing.append(f"runs:/{version.run_id}/{TRAIN_INFO}")
+        if TRAIN_INFO not in {a.path for a in client.list_artifacts(version.run_id, "medscan")}:
+            missing.append(f"runs:/{version.run_id}/{TRAIN_INFO}")
+    except (MlflowException, OSError) as err:
+        missing.append(f"runs:/{version.run_id}/{TRAIN_INFO}{why(err)}")
+    model = f"the model files of models:/{name}/{version.version}"
     try:
         location = client.get_model_version_download_uri(name, version.version)
-        present = bool(mlflow.artifacts.list_artifacts(artifact_uri=location))
-    except (MlflowException, OSError):
-        location, present = version.source, False
-    if not present:
-        missing.append(f"the model files of models:/{name}/{version.version} ({location})")
+        if not mlflow.artifacts.list_artifacts(artifact_uri=location):
+            missing.append(f"{model} ({location})")
+    except (MlflowException, OSError) as err:
+        missing.append(f"{model} ({version.source}){why(err)}")
     return missing
 
 
@@ -83,7 +86,7 @@ class Predictor:
         missing = missing_artifacts(MlflowClient(), name, version)
         if missing:
             raise ChampionUnavailable(
-                f"{label} cannot be served: missing artifact(s): {'; '.join(missing)}. Restore them "
+                f"{label} cannot be served: missing or unreadable artifact(s): {'; '.join(missing)}. Restore them "
                 f"or roll back (python -m pipelines.registry rollback --model {name})")
         try:
             model, info = registry.load_version(name, version)
