@@ -39,9 +39,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))   # the checkout's own pipelines package, also without `pip install -e`
 
 from pipelines import orchestrate  # noqa: E402
+from pipelines import redact as redaction  # noqa: E402
 from pipelines.dag_spec import PipelineSpec, read_spec, split_name, task_id  # noqa: E402
 
 log = logging.getLogger("medscan.airflow")
+redaction.install()   # every log record of this process loses its credentials (MEDSCAN_GIT_PUSH, S3 keys)
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 STAGE_TIMEOUT = timedelta(hours=12)     # one DVC stage (training on real data included)
@@ -63,6 +65,7 @@ def notify_failure(context: Any) -> None:
     """One clear log line per failure: which DAG, task, run and try, and where the log is.
 
     As a task callback it reports the task's exception; as the DAG callback, the failed run.
+    Redacted: the exception may quote a command line with a credential in it.
     """
     ti = context.get("ti")
     dag_run = context.get("dag_run")
@@ -70,10 +73,10 @@ def notify_failure(context: Any) -> None:
     run_id = getattr(ti, "run_id", None) or getattr(dag_run, "run_id", "?")
     task = getattr(ti, "task_id", "-")
     tries = f"{getattr(ti, 'try_number', '?')}/{getattr(ti, 'max_tries', 0) + 1}" if ti else "-"
-    url = getattr(ti, "log_url", "") if ti else ""
+    url = redaction.redact(getattr(ti, "log_url", "") if ti else "")
     exception = context.get("exception")
     scope = "TASK FAILED" if exception is not None else "RUN FAILED"
-    error = str(exception if exception is not None else context.get("reason") or "see the task log").strip()
+    error = redaction.redact(exception if exception is not None else context.get("reason") or "see the task log").strip()
     log.error("MEDSCAN RETRAIN %s: dag=%s task=%s run=%s try=%s log=%s error=%s",
               scope, dag_id, task, run_id, tries, url, (error.splitlines() or [""])[0][:500])
 
@@ -221,7 +224,7 @@ def build_retrain_dag(settings: orchestrate.Settings, spec: PipelineSpec) -> DAG
             context["outlet_events"][model].extra = {
                 k: outcome[k] for k in ("blessed", "candidate_version", "champion_after", "metric",
                                         "candidate_score")}
-            return outcome
+            return redaction.redact_value(outcome)
 
         gate = should_retrain(intake())
         groups: dict[str, TaskGroup] = {}

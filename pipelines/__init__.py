@@ -21,3 +21,10 @@ TELEMETRY_OFF: dict[str, str] = {
 
 for _name, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_name, _value)
+
+# A process that DVC runs as a stage command (DVC sets DVC_STAGE in its environment) dies with its
+# `dvc repro`, ends interrupted MLflow runs KILLED and redacts credentials from its log records.
+if "DVC_STAGE" in os.environ:
+    from pipelines import lifecycle
+
+    lifecycle.install()

@@ -9,6 +9,9 @@ runs DVC the way a person would, under a per-checkout lock so that parallel Airf
 Failures are raised as `TransientFailure` (worth retrying: a lock, the network, a killed
 process) or `StageFailed` (the command itself failed: retrying gives the same answer), so the
 DAG's retry policy can tell them apart.
+
+Nothing here logs, raises or returns a credential: command lines, their output, error messages
+and the dicts handed to XCom go through `pipelines.redact` (MEDSCAN_GIT_PUSH may carry a token).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import yaml
 
 from pipelines.config import PARAMS_FILE, Paths, resolve
 from pipelines.intake import ensure_intake_dir, intake_dir_for
+from pipelines.redact import redact, redact_value
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +52,18 @@ TRANSIENT_MARKERS = (
 )
 
 
-class StageFailed(RuntimeError):
+class _RedactedError(RuntimeError):
+    """An error whose message is redacted when raised: it ends up in task logs and the UI."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(redact(message))
+
+
+class StageFailed(_RedactedError):
     """A command failed in a way a retry will not fix (bad data, a bug, a failed validation)."""
 
 
-class TransientFailure(RuntimeError):
+class TransientFailure(_RedactedError):
     """A command failed for a reason that may pass: lock contention, network, a killed process."""
 
 
@@ -135,18 +146,23 @@ def command_env(root: Path) -> dict[str, str]:
     env["MEDSCAN_ROOT"] = str(root)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    env.setdefault("GIT_TERMINAL_PROMPT", "0")   # a failing push must fail, never wait for a password
     return env
 
 
 def run_command(cmd: Sequence[str], root: Path) -> tuple[int, str]:
-    """Run `cmd` in the checkout, streaming its output to the log; returns (code, output)."""
-    log.info("$ %s", " ".join(cmd))
+    """Run `cmd` in the checkout, streaming its output to the log; returns (code, output).
+
+    The command line and every output line are redacted before they are logged or returned.
+    """
+    log.info("$ %s", redact(" ".join(cmd)))
     proc = subprocess.Popen(list(cmd), cwd=root, env=command_env(root), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
+            line = redact(line)
             lines.append(line)
             log.info("%s", line.rstrip())
         code = proc.wait()
@@ -200,7 +216,7 @@ def run_stage(root: Path, stage: str, *, force: bool = False) -> dict[str, Any]:
     ran = f"Running stage '{stage}'" in output
     seconds = round(time.monotonic() - started, 1)
     log.info("stage %s %s in %.1f s", stage, "ran" if ran else "was up to date", seconds)
-    return {"stage": stage, "ran": ran, "seconds": seconds}
+    return redact_value({"stage": stage, "ran": ran, "seconds": seconds})
 
 
 def drop_waiting(drop: Path) -> bool:
@@ -241,6 +257,7 @@ def take_in(root: Path, drop: Path | None, s3_prefix: str | None = None,
             extra = ["--endpoint-url", endpoint_url] if endpoint_url else []
             sources.append(_intake(root, ["--s3", s3_prefix, *extra]))
     accepted = sum(int(s.get("accepted", 0)) for s in sources)
+    sources = redact_value(sources)
     log.info("intake accepted %d new case(s): %s", accepted, json.dumps(sources))
     return {"accepted": accepted, "sources": sources}
 
@@ -338,8 +355,8 @@ def publish(root: Path, git_paths: Sequence[str], message: str, *, push: bool = 
         remote = os.environ.get("MEDSCAN_GIT_PUSH")
         if commit and remote:
             done = _git(root, "push", remote, "HEAD")
-            _check(done.returncode, done.stdout + done.stderr, f"git push {remote}")
-    return {"commit": commit, "committed": staged, "dvc_push": pushed}
+            _check(done.returncode, redact(done.stdout + done.stderr), f"git push {redact(remote)}")
+    return redact_value({"commit": commit, "committed": staged, "dvc_push": pushed})
 
 
 OUTCOME_KEYS = ("model_name", "blessed", "reason", "metric", "candidate_arch", "candidate_version",
@@ -354,4 +371,4 @@ def read_outcome(root: Path) -> dict[str, Any]:
     outcome = json.loads(path.read_text(encoding="utf-8"))
     result = {key: outcome.get(key) for key in OUTCOME_KEYS}
     result["blessed"] = bool(result["blessed"])
-    return result
+    return redact_value(result)

@@ -146,6 +146,7 @@ def describe(client: MlflowClient, name: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """CLI; any registry error ends in one `registry: ...` line and exit status 1, no traceback."""
     from pipelines import tracking
     from pipelines.config import Paths, load_params, project_root
 
@@ -155,12 +156,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = project_root()
     params = load_params(root)
-    tracking.configure(Paths(root), params["dataset"]["name"])
     name = args.model or model_name(params)
-    client = MlflowClient()
-    if args.command == "rollback":
-        print(f"{name}: champion is now version {rollback(client, name)}")
-    print(json.dumps(describe(client, name), indent=2))
+    try:
+        tracking.configure(Paths(root), params["dataset"]["name"])
+        client = MlflowClient()
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            known = sorted(m.name for m in client.search_registered_models())
+            raise SystemExit(f"registry: no registered model named {name!r} "
+                             f"(registered: {', '.join(known) or 'none'})") from None
+        if args.command == "rollback":
+            print(f"{name}: champion is now version {rollback(client, name)}")
+        print(json.dumps(describe(client, name), indent=2))
+    except MlflowException as err:
+        first = (err.message.strip().splitlines() or ["MLflow error"])[0]
+        raise SystemExit(f"registry: {args.command} {name}: {first}") from None
 
 
 if __name__ == "__main__":

@@ -3,27 +3,70 @@
 `python -m pipelines.serve IMG [IMG ...] [--age 60 --sex male --localization back]` prints JSON;
 `--http PORT` serves POST /predict (raw image bytes, metadata as query parameters) on 127.0.0.1.
 A non-image upload gets a clear error, never a crash of the server.
+
+Bad input never ends a batch: a missing file, a directory or a non-image is reported as that
+image's error entry (and one stderr line) while the others are predicted; the exit status is
+non-zero when any image failed. A champion whose artifacts are gone fails with one line naming
+the version and what is missing. Patient metadata (age, sex, site) is never logged: the access
+log has the path without its query string, and errors quote neither metadata nor image bytes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
+import traceback
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from pipelines import registry, tracking
 from pipelines.config import Paths, load_params, project_root
 from pipelines.images import ImageLimits, ImageRejected, normalize_image
-from pipelines.inference import metadata_for, top_k
+
+TRAIN_INFO = "medscan/train_info.json"      # logged by the train stage next to the model
+QUERY = re.compile(r"\?[^\s'\"]*")           # a query string carries patient metadata
+
+
+class ChampionUnavailable(RuntimeError):
+    """The champion cannot be served (none yet, or its artifacts are gone): one line says why."""
+
+
+def missing_artifacts(client: MlflowClient, name: str, version: ModelVersion) -> list[str]:
+    """What serving `version` needs that its artifact store no longer has (empty: all there).
+
+    Checked before loading so the error names the version and the file, not MLflow's
+    `No such artifact: ''` from deep inside the loader. A store that cannot be listed (network)
+    is named with its error rather than called empty.
+    """
+    def why(err: Exception) -> str:
+        return f" (cannot list: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})"
+
+    missing = []
+    try:
+        if TRAIN_INFO not in {a.path for a in client.list_artifacts(version.run_id, "medscan")}:
+            missing.append(f"runs:/{version.run_id}/{TRAIN_INFO}")
+    except (MlflowException, OSError) as err:
+        missing.append(f"runs:/{version.run_id}/{TRAIN_INFO}{why(err)}")
+    model = f"the model files of models:/{name}/{version.version}"
+    try:
+        location = client.get_model_version_download_uri(name, version.version)
+        if not mlflow.artifacts.list_artifacts(artifact_uri=location):
+            missing.append(f"{model} ({location})")
+    except (MlflowException, OSError) as err:
+        missing.append(f"{model} ({version.source}){why(err)}")
+    return missing
 
 
 class Predictor:
@@ -38,14 +81,25 @@ class Predictor:
         name = registry.model_name(params)
         version = registry.version_by_alias(MlflowClient(), name, registry.CHAMPION)
         if version is None:
-            raise SystemExit(f"{name} has no champion yet: run the pipeline first (make demo)")
-        model, info = registry.load_version(name, version)
+            raise ChampionUnavailable(f"{name} has no champion yet: run the pipeline first (make demo)")
+        label = f"{name} version {version.version} (champion, run {version.run_id})"
+        missing = missing_artifacts(MlflowClient(), name, version)
+        if missing:
+            raise ChampionUnavailable(
+                f"{label} cannot be served: missing or unreadable artifact(s): {'; '.join(missing)}. Restore them "
+                f"or roll back (python -m pipelines.registry rollback --model {name})")
+        try:
+            model, info = registry.load_version(name, version)
+        except (MlflowException, OSError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ChampionUnavailable(f"{label} cannot be loaded: {type(err).__name__}: {first}") from err
         return cls(model, info, f"{name}/{version.version}")
 
     def predict(self, images: list[bytes], metadata: Mapping[str, Any] | None = None,
                 k: int = 5) -> list[dict[str, Any]]:
         """One result per image: top-k diagnoses, or an error entry for an unusable upload."""
-        from pipelines.data import decode_image
+        from pipelines.data import decode_image   # TensorFlow: only once there is an image to score
+        from pipelines.inference import metadata_for, top_k
 
         results: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -65,29 +119,78 @@ class Predictor:
         return results
 
 
-def serve_http(predictor: Predictor, port: int) -> None:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-            url = urlparse(self.path)
-            if url.path != "/predict":
-                self.send_error(404)
-                return
+def scrub(text: str) -> str:
+    """A log line without query strings (age, sex and site travel there)."""
+    return QUERY.sub("?<query removed>", text)
+
+
+class PredictHandler(BaseHTTPRequestHandler):
+    """POST /predict; logs method, path and status only (never the query, the body or a file name)."""
+
+    predictor: Any = None   # set on the subclass make_server builds
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        url = urlparse(self.path)
+        if url.path != "/predict":
+            self.send_error(404)
+            return
+        try:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             meta = {k: v[0] for k, v in parse_qs(url.query).items()}
-            result = predictor.predict([body], meta)[0]
-            payload = json.dumps(result).encode()
-            self.send_response(400 if "error" in result else 200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            result = self.predictor.predict([body], meta)[0]
+        except Exception as err:   # a message may quote the metadata: log where, not what
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            self.log_message("predict failed: %s at %s:%s", type(err).__name__, Path(where.filename).name,
+                             where.lineno)
+            result, status = {"error": "internal_error", "detail": "see the server log"}, 500
+        else:
+            status = 400 if "error" in result else 200
+        payload = json.dumps(result).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    print(f"serving {predictor.version} on http://127.0.0.1:{port}/predict", file=sys.stderr)
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if getattr(self, "path", None) is None:   # an unparsable request line: scrubbed below
+            self.log_message('"%s" %s %s', self.requestline, code, size)
+            return
+        self.log_message('"%s %s" %s %s', self.command, urlparse(self.path).path, code, size)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server naming)
+        sys.stderr.write(scrub(f"{self.address_string()} - - [{self.log_date_time_string()}] "
+                               f"{format % args}") + "\n")
+
+
+def make_server(predictor: Any, port: int) -> ThreadingHTTPServer:
+    """The HTTP server for `predictor` on 127.0.0.1:`port` (0: any free port), not yet serving."""
+    handler = type("Handler", (PredictHandler,), {"predictor": predictor})
+    return ThreadingHTTPServer(("127.0.0.1", port), handler)
+
+
+def serve_http(predictor: Predictor, port: int) -> None:
+    server = make_server(predictor, port)
+    print(f"serving {predictor.version} on http://127.0.0.1:{server.server_port}/predict", file=sys.stderr)
     server.serve_forever()
 
 
-def main(argv: list[str] | None = None) -> None:
+def read_image(path: Path) -> bytes | dict[str, str]:
+    """The file's bytes, or an error entry saying why it cannot be read (the batch goes on)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return {"error": "not_found", "detail": "no such file"}
+    except IsADirectoryError:
+        return {"error": "is_a_directory", "detail": "a directory, not an image file"}
+    except PermissionError:
+        return {"error": "permission_denied", "detail": "not readable by this user"}
+    except OSError as err:
+        return {"error": "unreadable", "detail": err.strerror or type(err).__name__}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 every image predicted, 1 some image failed, 2 no champion to serve."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="*", type=Path)
     parser.add_argument("--age", type=float)
@@ -96,15 +199,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-k", type=int, default=5)
     parser.add_argument("--http", type=int, metavar="PORT")
     args = parser.parse_args(argv)
+    if not args.images and not args.http:
+        parser.error("give one or more image files, or --http PORT")
     root = project_root()
-    predictor = Predictor.champion(load_params(root), Paths(root))
-    if args.http:
-        serve_http(predictor, args.http)
-        return
-    meta = {k: getattr(args, k) for k in ("age", "sex", "localization") if getattr(args, k) is not None}
-    results = predictor.predict([p.read_bytes() for p in args.images], meta, args.k)
+    inputs = [read_image(p) for p in args.images]
+    results: list[dict[str, Any]] = [x if isinstance(x, dict) else {} for x in inputs]
+    good = [i for i, x in enumerate(inputs) if isinstance(x, bytes)]
+    if good or args.http:
+        try:
+            predictor = Predictor.champion(load_params(root), Paths(root))
+        except ChampionUnavailable as err:
+            print(f"serve: error: {err}", file=sys.stderr)
+            return 2
+        if args.http:
+            serve_http(predictor, args.http)
+            return 0
+        meta = {k: getattr(args, k) for k in ("age", "sex", "localization") if getattr(args, k) is not None}
+        for i, result in zip(good, predictor.predict([inputs[i] for i in good], meta, args.k)):
+            results[i] = result
+    for path, result in zip(args.images, results):
+        if "error" in result:   # the path is named: the user needs it to find the bad file
+            print(f"serve: {path}: {result['error']} ({result.get('detail', '')})", file=sys.stderr)
     print(json.dumps([{"image": str(p), **r} for p, r in zip(args.images, results)], indent=2))
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 
+from pipelines import lifecycle
 from pipelines.config import Paths
 
 PIPELINE_KEY_TAG = "medscan.pipeline_key"
@@ -28,7 +29,12 @@ def _user_setting(name: str) -> str | None:
 
 
 def configure(paths: Paths, dataset: str) -> str:
-    """Point MLflow at the project store and return the data set's experiment id."""
+    """Point MLflow at the project store and return the data set's experiment id.
+
+    In a stage or CLI process this also makes its runs end KILLED when the process is stopped or
+    its `dvc repro` dies (pipelines.lifecycle): every entry point that logs to MLflow comes here.
+    """
+    lifecycle.install_for_stage()
     user_uri = _user_setting("MLFLOW_TRACKING_URI")
     uri = user_uri or f"sqlite:///{paths.mlflow_db}"
     registry = _user_setting("MLFLOW_REGISTRY_URI") or uri
