@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine (Python 3.11, no GPU, PyPI only):
 #   make demo   install, then run the whole pipeline on the embedded synthetic data
 #   make test   install, then run the test suite (what .ci/run calls)
+#   make real DATASET=<ham10000|malaria|dermnet> DATA=<root of the native layout>
+#               train the recommended configuration (configs/<dataset>.yaml) and promote a champion
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -10,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install demo test lock mlflow-ui airflow bench clean
+.PHONY: install demo test real lock mlflow-ui airflow bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +31,11 @@ demo: install
 test: install
 	python -m pytest -q
 
+real: install
+	@test -n "$(DATASET)" -a -n "$(DATA)" || { echo "usage: make real DATASET=<ham10000|malaria|dermnet> DATA=<root> [SET='train.epochs=1 ...']"; exit 2; }
+	python -m pipelines.intake --init
+	python scripts/real.py $(DATASET) --data "$(DATA)" $(foreach s,$(SET),--set $(s))
+
 lock:
 	$(BIN)/uv pip compile -q requirements.in -o requirements.lock --python-version 3.11
 
@@ -40,6 +47,7 @@ airflow: install
 
 bench: install
 	python -m bench.bench_ingest --repeat 2
+	python -m bench.bench_training_speed
 	python -m bench.compare_real malaria --image-size 64 --epochs 10 --archs malaria_cnn cnn_medium cnn_small
 	python -m bench.compare_real ham10000 --image-size 64 --epochs 12 --archs cnn_small cnn_medium cnn_medium_attention
 
