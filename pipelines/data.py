@@ -8,9 +8,11 @@ random transforms at a fraction of the per-image cost.
 
 Augmentation (params.yaml `augment`), applied per image but vectorised over the batch:
 - exact geometry: random horizontal/vertical flips and random 90-degree rotations
-  (``tf.image.rot90``); cells and lesions have no canonical orientation and these lose no pixel;
-- colour/stain: hue, saturation (HSV via ``tf.image``), brightness, contrast, one random draw
-  per image, because stain and lighting differ from slide to slide and camera to camera;
+  (``tf.image.rot90``; both together: a uniform draw from the 8 symmetries of the square);
+  cells and lesions have no canonical orientation and these lose no pixel;
+- colour/stain: hue and saturation (a rotation and scaling of chroma in YIQ space), brightness
+  and contrast, one random draw per image and all folded into one affine colour map, because
+  stain and lighting differ from slide to slide and camera to camera;
 - opt-in interpolating geometry (``rotation``/``zoom``/``shift``, Keras layers, reflect fill):
   ten times slower than all of the above together (bench/results/training_speed.md).
 """
