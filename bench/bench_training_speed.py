@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--input-only", action="store_true", help="measure (a) only (about a minute)")
     parser.add_argument("--out", default="training_speed", help="result file stem in bench/results")
     args = parser.parse_args()
     if not all((CELLS / c).is_dir() for c in CLASSES):
@@ -139,13 +140,13 @@ def main() -> None:
 
     # (b) training throughput, same model and batch size.
     images_only = fast.map(lambda x, y: (x["image"], y))
-    models = {"published": build(size, {}, None)}
-    models.update({name: build(size, *VARIANTS[name]) for name in args.variants})
+    models = {} if args.input_only else {"published": build(size, {}, None)}
+    models.update({name: build(size, *VARIANTS[name]) for name in args.variants if not args.input_only})
     data = {name: gen if name == "published" else images_only for name in models}
     for name, model in models.items():  # trace the step (not timed)
         fit_epoch(model, data[name], steps=8 if name == "published" else None)
     training: dict[str, list[float]] = {name: [] for name in models}
-    for r in range(args.repeats):
+    for r in range(0 if args.input_only else args.repeats):
         for name, model in models.items():
             training[name].append(n / fit_epoch(model, data[name]))
         print(f"train repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in training.items()), flush=True)
@@ -163,7 +164,8 @@ def main() -> None:
         "input_images_per_s": {"runs": inputs, "median": med,
                                "pipeline_cold_first_pass": cold_fast[1] / cold_fast[0],
                                "ratio_pipeline_vs_generator": med["pipeline"] / med["generator"]},
-        "train_images_per_s": {"runs": training, "median": tmed,
+        "train_images_per_s": None if args.input_only else {
+                               "runs": training, "median": tmed,
                                "ratio_vs_published": {k: v / tmed["published"] for k, v in tmed.items()},
                                "variants": {k: {**VARIANTS[k][0], **({"mixed_precision": VARIANTS[k][1]} if VARIANTS[k][1] else {})}
                                             for k in args.variants}},
@@ -196,8 +198,10 @@ def markdown(r: dict) -> str:
         lines.append(f"| {k} | {v:,.0f} | {', '.join(f'{x:,.0f}' for x in i['runs'][k])} |")
     lines += ["", f"Pipeline vs generator: **{i['ratio_pipeline_vs_generator']:.1f}x** (goal >= 10x). "
               f"The pipeline's cold first pass (decode + resize + fill the uint8 cache): "
-              f"{i['pipeline_cold_first_pass']:,.0f} images/s.",
-              "", "## (b) Training malaria_cnn, images/s (one fit epoch)", "",
+              f"{i['pipeline_cold_first_pass']:,.0f} images/s.", ""]
+    if t is None:
+        return "\n".join(lines)
+    lines += ["## (b) Training malaria_cnn, images/s (one fit epoch)", "",
               "| variant | compile options | median | ratio vs published | runs |",
               "| --- | --- | ---: | ---: | --- |"]
     for k, v in t["median"].items():
