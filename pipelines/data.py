@@ -14,7 +14,7 @@ Augmentation (params.yaml `augment`), applied per image but vectorised over the 
   and contrast, one random draw per image and all folded into one affine colour map, because
   stain and lighting differ from slide to slide and camera to camera;
 - opt-in interpolating geometry (``rotation``/``zoom``/``shift``, Keras layers, reflect fill):
-  ten times slower than all of the above together (bench/results/training_speed.md).
+  5-7x slower than all of the above together (bench/results/training_speed.md).
 """
 from __future__ import annotations
 
