@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine (Python 3.11, no GPU, PyPI only):
 #   make demo   install, then run the whole pipeline on the embedded synthetic data
 #   make test   install, then run the test suite (what .ci/run calls)
+#   make real DATASET=<ham10000|malaria|dermnet> DATA=<root of the native layout>
+#               train the recommended configuration (configs/<dataset>.yaml) and promote a champion
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -15,7 +17,7 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test lock mlflow-ui airflow bench clean
+.PHONY: install demo test real lock mlflow-ui airflow bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +36,11 @@ demo: install
 test: install
 	python -m pytest -q
 
+real: install
+	@test -n "$(DATASET)" -a -n "$(DATA)" || { echo "usage: make real DATASET=<ham10000|malaria|dermnet> DATA=<root> [SET='train.epochs=1 ...']"; exit 2; }
+	python -m pipelines.intake --init
+	python scripts/real.py $(DATASET) --data "$(DATA)" $(foreach s,$(SET),--set $(s))
+
 lock:
 	$(BIN)/uv pip compile -q requirements.in -o requirements.lock --python-version 3.11
 
@@ -45,6 +52,7 @@ airflow: install
 
 bench: install
 	python -m bench.bench_ingest --repeat 2
+	python -m bench.bench_training_speed
 	python -m bench.compare_real malaria --image-size 64 --epochs 10 --archs malaria_cnn cnn_medium cnn_small
 	python -m bench.compare_real ham10000 --image-size 64 --epochs 12 --archs cnn_small cnn_medium cnn_medium_attention
 

@@ -1,21 +1,27 @@
 """Run a trained model on manifest rows or uploaded images: one code path for evaluate, promote
 (re-scoring the champion on today's test split) and serve.
 
-A model travels with its train_info.json (classes, image size, metadata encoding), so a model
-trained months ago is fed exactly as it was trained.
+A model travels with its train_info.json (classes, image size, metadata encoding, test-time
+augmentation), so a model trained months ago is fed exactly as it was trained and scored.
+
+Test-time augmentation (TTA) averages the class probabilities over exact views of each image:
+``flips`` = identity, horizontal, vertical and both (4 views); ``d4`` = the 4 rotations by 90
+degrees, each with and without a transpose (all 8 symmetries of the square). Cells and lesions
+have no canonical orientation, so every view is an equally valid picture of the same case.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
-from pipelines.data import make_dataset
+from pipelines.data import make_dataset, symmetries
 from pipelines.features import encode_metadata
 from pipelines.zoo import load_model
 
@@ -32,12 +38,33 @@ def metadata_for(frame: pd.DataFrame, info: Mapping[str, Any]) -> np.ndarray | N
     return encode_metadata(frame, info["metadata_columns"], info["categorical_values"])
 
 
+TTA_MODES = ("none", "flips", "d4")
+
+
+def tta_views(mode: str) -> list[Callable[[tf.Tensor], tf.Tensor]]:
+    """The exact views (functions on a [B, H, W, C] batch) that TTA `mode` averages over."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown tta {mode!r}; choose one of {list(TTA_MODES)}")
+    return [lambda x: x] if mode == "none" else symmetries(mode)
+
+
 def predict_frame(model: keras.Model, info: Mapping[str, Any], frame: pd.DataFrame, root: Path,
-                  batch_size: int = 64) -> np.ndarray:
-    """Class probabilities [n, C] for manifest rows whose `path` is relative to `root`."""
+                  batch_size: int = 64, tta: str | None = None) -> np.ndarray:
+    """Class probabilities [n, C] for manifest rows whose `path` is relative to `root`.
+
+    ``tta`` defaults to the model's own ``train_info["tta"]`` (params.yaml `evaluate.tta` when it
+    was trained; "none" for older models), so evaluate and promote score it alike.
+    """
+    mode = tta if tta is not None else str(info.get("tta", "none"))
     ds = make_dataset(frame, root, info["classes"], int(info["image_size"]), batch_size,
                       metadata=metadata_for(frame, info), with_labels=False)
-    return np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+    total = None
+    views = tta_views(mode)
+    for view in views:
+        viewed = ds.map(lambda x, view=view: {**x, "image": view(x["image"])})
+        probs = np.asarray(model.predict(viewed, verbose=0), dtype=np.float64)
+        total = probs if total is None else total + probs
+    return total / len(views)
 
 
 def label_indices(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:

@@ -10,7 +10,13 @@ Apply class weights through exactly one route, never both:
 - ``make_loss(..., class_weights=...)`` which bakes them into the loss (also weights the
   validation loss, and travels with the compiled model).
 
-Labels are one-hot for both losses.
+Labels are one-hot for both losses. Label smoothing (``label_smoothing=eps``) trains against
+(1 - eps) * one_hot + eps / C: it keeps the network from chasing saturated probabilities on a
+few slides or lesions, which calibrates it better on unseen patients. In the weighted loss the
+class weight still follows the *true* class (the unsmoothed label).
+
+With class-balanced sampling (``train.sampling: balanced``) the batches are already balanced;
+train then uses no class weights at all, so the correction is not applied twice.
 """
 
 from __future__ import annotations
@@ -69,22 +75,25 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
     def __init__(
         self,
         class_weights: Sequence[float],
+        label_smoothing: float = 0.0,
         name: str = "weighted_categorical_crossentropy",
         reduction: str = "sum_over_batch_size",
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, reduction=reduction, **kwargs)
         self.class_weights = [float(w) for w in class_weights]
+        self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         y_pred = ops.convert_to_tensor(y_pred)
         y_true = ops.cast(y_true, y_pred.dtype)
-        ce = keras.losses.categorical_crossentropy(y_true, y_pred)
+        ce = keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=self.label_smoothing)
         weights = ops.convert_to_tensor(self.class_weights, dtype=y_pred.dtype)
         return ce * ops.sum(y_true * weights, axis=-1)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "class_weights": self.class_weights}
+        return {**super().get_config(), "class_weights": self.class_weights,
+                "label_smoothing": self.label_smoothing}
 
 
 def _weight_vector(weights: Mapping[int, float]) -> list[float]:
@@ -103,23 +112,27 @@ def make_loss(
     *,
     gamma: float = 2.0,
     class_weights: Mapping[int, float] | None = None,
+    label_smoothing: float = 0.0,
 ) -> keras.losses.Loss:
     """The training loss by name: "categorical_crossentropy" or "focal" (one-hot labels).
 
     "focal" is Keras's ``CategoricalFocalCrossentropy``: -alpha_y * (1 - p_y)**gamma * log p_y.
     Without class weights alpha is 1 (plain focal loss; Keras's default 0.25 comes from the
     binary detection setting and would only rescale the loss). With class weights alpha is the
-    per-class weight vector, i.e. class-balanced focal loss.
+    per-class weight vector, i.e. class-balanced focal loss. ``label_smoothing`` in [0, 1) applies
+    to all three (Keras's own argument for the plain and focal losses).
     """
     if gamma < 0:
         raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
     weights = _weight_vector(class_weights) if class_weights else None
     if name == "categorical_crossentropy":
         if weights is None:
-            return keras.losses.CategoricalCrossentropy()
-        return WeightedCategoricalCrossentropy(weights)
+            return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+        return WeightedCategoricalCrossentropy(weights, label_smoothing=label_smoothing)
     if name == "focal":
         return keras.losses.CategoricalFocalCrossentropy(
-            alpha=weights if weights is not None else 1.0, gamma=gamma
+            alpha=weights if weights is not None else 1.0, gamma=gamma, label_smoothing=label_smoothing
         )
     raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSSES)}")

@@ -20,12 +20,13 @@ import pandas as pd
 
 from pipelines import finetune, tracking
 from pipelines.config import Paths, load_params, project_root
-from pipelines.data import make_dataset
+from pipelines.data import make_dataset, steps_per_epoch
 from pipelines.datasets import get_adapter
 from pipelines.features import encode_metadata, metadata_layout
 from pipelines.fingerprint import training_fingerprint, write_fingerprint
 from pipelines.losses import class_weights, make_loss
 from pipelines.manifest import read_labels, read_splits
+from pipelines.schedules import learning_rate
 from pipelines.zoo import build_model, input_size
 
 PIP_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "keras==3.15.1"]
@@ -69,19 +70,32 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     info = model_inputs_info(dataset, bool(tp["use_metadata"]))
     batch = int(tp["batch_size"])
 
+    sampling = str(tp.get("sampling", "natural"))
+
     def dataset_for(split: str, training: bool):
         return make_dataset(frames[split], paths.root, classes, size, batch,
                             metadata=split_inputs(frames[split], info), training=training,
-                            augment=params["augment"] if training else None, seed=int(tp["seed"]))
+                            augment=params["augment"] if training else None, seed=int(tp["seed"]),
+                            sampling=sampling if training else "natural")
 
     train_ds, val_ds = dataset_for("train", True), dataset_for("val", False)
+    steps = steps_per_epoch(len(frames["train"]), batch)
     y_train = frames["train"]["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    weights = class_weights(y_train, len(classes)) if tp["class_weighting"] else None
+    # Balanced sampling already equalises the classes the model sees; weighting on top would
+    # square the correction, so class weights apply to natural sampling only.
+    weighted = bool(tp["class_weighting"]) and sampling == "natural"
+    weights = class_weights(y_train, len(classes)) if weighted else None
+    schedule = learning_rate(tp, steps)
 
+    # mixed_bfloat16: bf16 compute, float32 weights and softmax (zoo heads); the policy is saved
+    # with every layer, so evaluate and serve run the model the way it was trained.
+    keras.mixed_precision.set_global_policy(tp.get("mixed_precision") or "float32")
     model = build_model(spec, (size, size, 3), len(classes), len(info["metadata_features"]))
-    model.compile(optimizer=keras.optimizers.Adam(float(tp["learning_rate"])),
-                  loss=make_loss(tp["loss"], gamma=float(tp.get("focal_gamma", 2.0))),
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss=make_loss(tp["loss"], gamma=float(tp.get("focal_gamma", 2.0)),
+                                 label_smoothing=float(tp.get("label_smoothing", 0.0))),
+                  metrics=["accuracy"], jit_compile=bool(tp.get("jit_compile", False)),
+                  steps_per_execution=int(tp.get("steps_per_execution", 1)))
 
     experiment = tracking.configure(paths, dataset)
     key = f"{dataset}-{tracking.file_digest(paths.splits)}"
@@ -98,13 +112,16 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         callbacks = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(tp["early_stopping_patience"]),
                                           restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=float(tp["reduce_lr_factor"]),
-                                              patience=int(tp["reduce_lr_patience"]), min_lr=1e-6),
             MlflowEpochLogger(),
         ]
+        if isinstance(schedule, float):  # a plateau rule cannot rewrite a schedule
+            callbacks.insert(1, keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=float(tp["reduce_lr_factor"]),
+                patience=int(tp["reduce_lr_patience"]), min_lr=float(tp.get("min_lr", 1e-6))))
         started = time.perf_counter()
         history = finetune.fit(model, spec, train_ds, validation_data=val_ds, epochs=int(tp["epochs"]),
-                               class_weight=weights, callbacks=callbacks, verbose=2)
+                               class_weight=weights, callbacks=callbacks, verbose=2,
+                               steps_per_epoch=steps if sampling == "balanced" else None)
         seconds = time.perf_counter() - started
         hist = {k: [float(x) for x in v] for k, v in history.history.items()}
         best_epoch = int(np.argmin(hist["val_loss"])) if hist.get("val_loss") else len(hist["loss"]) - 1
@@ -115,6 +132,7 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
             "train_seconds": round(seconds, 2), "epochs_run": len(hist["loss"]),
             "best_epoch": best_epoch + 1, "class_weights": {classes[k]: v for k, v in (weights or {}).items()},
             "split_sizes": {k: len(v) for k, v in frames.items()},
+            "sampling": sampling, "tta": str(params.get("evaluate", {}).get("tta", "none")),
         }
         model.save(out / "model.keras")
         (out / "history.json").write_text(json.dumps(hist, indent=1) + "\n", encoding="utf-8")

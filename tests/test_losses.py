@@ -120,3 +120,30 @@ def test_weighted_losses_serialise_and_train_a_step(name: str, tmp_path) -> None
     assert float(reloaded.evaluate(x, y, verbose=0)) == pytest.approx(
         float(model.evaluate(x, y, verbose=0)), rel=1e-5
     )
+
+
+def test_label_smoothing_by_hand_for_all_three_losses() -> None:
+    eps, c = 0.1, 3
+    smooth = Y_TRUE * (1 - eps) + eps / c  # [[.033, .933, .033], [.933, .033, .033]]
+    ce = -(smooth * np.log(Y_PRED)).sum(1)
+    plain = make_loss("categorical_crossentropy", label_smoothing=eps)
+    assert float(plain(Y_TRUE, Y_PRED)) == pytest.approx(ce.mean(), rel=1e-5)
+    assert float(plain(Y_TRUE, Y_PRED)) > float(make_loss("categorical_crossentropy")(Y_TRUE, Y_PRED))
+    # The weighted loss smooths the target but weights by the true (unsmoothed) class.
+    weighted = make_loss("categorical_crossentropy", class_weights=WEIGHTS, label_smoothing=eps)
+    assert float(weighted(Y_TRUE, Y_PRED)) == pytest.approx((0.5 * ce[0] + 2.0 * ce[1]) / 2, rel=1e-5)
+    # Focal: Keras smooths the target the same way before the focal term.
+    focal = make_loss("focal", gamma=2.0, label_smoothing=eps)
+    fl = -(smooth * (1 - Y_PRED) ** 2 * np.log(Y_PRED)).sum(1)
+    assert float(focal(Y_TRUE, Y_PRED)) == pytest.approx(fl.mean(), rel=1e-5)
+    # A confident, correct prediction is no longer optimal: smoothing penalises saturation.
+    sure = np.array([[1e-6, 1 - 2e-6, 1e-6]], "float32")
+    assert float(plain(Y_TRUE[:1], sure)) > float(plain(Y_TRUE[:1], np.array([[0.05, 0.9, 0.05]], "float32")))
+
+
+def test_label_smoothing_survives_serialisation_and_is_validated() -> None:
+    loss = make_loss("categorical_crossentropy", class_weights=WEIGHTS, label_smoothing=0.2)
+    clone = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert clone.label_smoothing == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        make_loss("focal", label_smoothing=1.0)
