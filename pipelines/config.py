@@ -92,6 +92,12 @@ class Paths:
         return self.root / "plots" / arch
 
     @property
+    def webapp_state(self) -> Path:
+        """The clinician app's private state (git-ignored): users.sqlite, the session key, the
+        generated first-admin password and the audit log, all created with 0600 permissions."""
+        return self.root / ".medscan-app"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 
