@@ -124,9 +124,13 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
             "model": state.model, "unavailable": state.unavailable, **context}, status_code=status)
 
     def current_user(request: Request) -> User | None:
-        name = request.session.get("user")
-        user = state.users.get(name) if name else None
-        return user if user and not user.disabled else None
+        """The session's user, re-read from the store once per request (a disabled account is
+        logged out at its next request)."""
+        if "user" not in request.state._state:
+            name = request.session.get("user")
+            user = state.users.get(name) if name else None
+            request.state.user = user if user and not user.disabled else None
+        return request.state.user
 
     async def checked_form(request: Request) -> Any:
         form = await request.form(max_files=1, max_fields=20)
@@ -177,6 +181,7 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
             return page(request, "login.html", 401, error="Wrong user name or password, or the "
                         "account is disabled.", username=username)
         state.backoff.succeeded(*keys)
+        request.state.user = user
         request.session.clear()
         request.session.update({"user": user.username, "csrf": new_csrf_token()})
         return RedirectResponse("/upload", status_code=303)
@@ -187,6 +192,7 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
         if form is None:
             return csrf_refused(request)
         request.session.clear()
+        request.state.user = None
         return RedirectResponse("/login", status_code=303)
 
     @app.get("/upload", response_class=HTMLResponse)

@@ -48,7 +48,7 @@ class Prepared:
     picture (for the heat map) and the detected format (for the intake file name)."""
 
     pixels: np.ndarray            # uint8 [S, S, 3]
-    metadata: np.ndarray | None   # float32 [M] or None when the model takes no metadata
+    metadata: Mapping[str, Any]   # typed values (parse_metadata); encoded per batch in _inputs
     picture: Image.Image          # the normalised RGB copy (longest side <= store_max_side)
     image_format: str             # JPEG, PNG, ... as detected, never from the file name
 
@@ -133,6 +133,14 @@ class ModelAdapter:
         self.age_range = (float(bounds.age_range[0]), float(bounds.age_range[1]))
         self.limits: ImageLimits = bounds.image_limits(int(params["ingest"]["store_max_side"]))
         self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        size = self.image_size
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+        def resize(image: tf.Tensor) -> tf.Tensor:   # = pipelines.data.decode_image after the decode
+            resized = tf.image.resize(image, (size, size), antialias=True)
+            return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+
+        self._resize = resize
         self._preparing = 0   # uploads being decoded: the batcher waits for them, not for nobody
         self._count_lock = threading.Lock()
         self.batcher = MicroBatcher(self._score, float(serve.get("batch_window_ms", 3)) / 1000.0,
@@ -201,27 +209,21 @@ class ModelAdapter:
                 self._preparing -= 1
 
     def _prepare(self, data: bytes, metadata: Mapping[str, Any]) -> Prepared:
-        import tensorflow as tf
-
         if not data:
             raise ImageRejected(ImageReason.EMPTY_FILE, "0 bytes")
         img = _open_checked(data, self.limits)
         _decode(img, self.limits)
         picture = _upright(_downsize(_to_rgb(img), self.limits.store_max_side), _orientation(img))
-        resized = tf.image.resize(np.asarray(picture), (self.image_size, self.image_size), antialias=True)
-        pixels = np.asarray(tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8))
-        meta = None
-        if self.metadata_columns:
-            import pandas as pd
-
-            frame = pd.DataFrame([{c: metadata.get(c) for c in self.metadata_columns}])
-            meta = encode_metadata(frame, self.metadata_columns, self.categorical_values)[0]
-        return Prepared(pixels, meta, picture, img.format or "PNG")
+        pixels = self._resize(np.asarray(picture)).numpy()
+        return Prepared(pixels, dict(metadata), picture, img.format or "PNG")
 
     def _inputs(self, batch: Sequence[Prepared]) -> dict[str, np.ndarray]:
         inputs = {"image": np.stack([p.pixels for p in batch]).astype(np.float32)}
-        if self.metadata_columns:
-            inputs["metadata"] = np.stack([p.metadata for p in batch]).astype(np.float32)
+        if self.metadata_columns:   # one frame per batch: pandas costs per call, not per row
+            import pandas as pd
+
+            frame = pd.DataFrame([{c: p.metadata.get(c) for c in self.metadata_columns} for p in batch])
+            inputs["metadata"] = encode_metadata(frame, self.metadata_columns, self.categorical_values)
         return inputs
 
     def _score(self, batch: Sequence[Prepared]) -> np.ndarray:
