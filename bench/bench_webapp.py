@@ -146,6 +146,19 @@ class OldClient:
             raise RuntimeError(f"old upload failed: {answer.status_code}")
 
 
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """User + system CPU time of a server process so far (Linux /proc)."""
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(proc: subprocess.Popen, run: Callable[[], Any], images: int) -> tuple[Any, float]:
+    """run()'s result and the server's CPU milliseconds per image during it."""
+    before = cpu_seconds(proc)
+    result = run()
+    return result, round((cpu_seconds(proc) - before) * 1000 / images, 2)
+
+
 def sequential(client: Any, image: bytes, n: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -214,10 +227,14 @@ def main(argv: list[str] | None = None) -> int:
         app, old = AppClient(app_base), OldClient(old_base)
         sequential(app, image, 20)                    # warm-up: traces, caches
         sequential(old, image, 5)
-        app_seq = sequential(app, image, args.n)
-        old_seq = sequential(old, image, args.old_n)
-        app_par = concurrent(lambda: AppClient(app_base), image, args.clients, args.each)
-        old_par = concurrent(lambda: OldClient(old_base), image, args.clients, max(5, args.each // 6))
+        old_each = max(5, args.each // 6)
+        app_seq, app_seq_cpu = measured(procs[0], lambda: sequential(app, image, args.n), args.n)
+        old_seq, old_seq_cpu = measured(procs[1], lambda: sequential(old, image, args.old_n), args.old_n)
+        # (the warm-up upload of each concurrent client is counted in the CPU per image)
+        app_par, app_par_cpu = measured(procs[0], lambda: concurrent(lambda: AppClient(app_base), image,
+                                        args.clients, args.each), args.clients * (args.each + 1))
+        old_par, old_par_cpu = measured(procs[1], lambda: concurrent(lambda: OldClient(old_base), image,
+                                        args.clients, old_each), args.clients * (old_each + 1))
     finally:
         for p in procs:
             p.terminate()
@@ -231,18 +248,21 @@ def main(argv: list[str] | None = None) -> int:
                 "one_client_p90_ms": round(pct(app_seq, 90), 2),
                 "one_client_images_per_s": round(1000 / statistics.mean(app_seq), 1),
                 f"{args.clients}_clients_images_per_s": round(app_par, 1), "n": args.n,
-                "each": args.each},
+                "each": args.each, "server_cpu_ms_per_image_one_client": app_seq_cpu,
+                f"server_cpu_ms_per_image_{args.clients}_clients": app_par_cpu},
         "old_http_server": {"one_client_p50_ms": round(statistics.median(old_seq), 2),
                             "one_client_p90_ms": round(pct(old_seq, 90), 2),
                             "one_client_images_per_s": round(1000 / statistics.mean(old_seq), 1),
                             f"{args.clients}_clients_images_per_s": round(old_par, 1), "n": args.old_n,
-                            "each": max(5, args.each // 6)},
+                            "each": old_each, "server_cpu_ms_per_image_one_client": old_seq_cpu,
+                            f"server_cpu_ms_per_image_{args.clients}_clients": old_par_cpu},
         "published_old_images_per_s": BASELINE_PUBLISHED,
         "targets": {"one_client_p50_ms": 20, f"{args.clients}_clients_images_per_s": 150},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "webapp.json").write_text(json.dumps(result, indent=2) + "\n")
     a, o, k = result["app"], result["old_http_server"], f"{args.clients}_clients_images_per_s"
+    c = f"server_cpu_ms_per_image_{args.clients}_clients"
     md = f"""# Serving speed: the clinician app vs the old http.server
 
 `python -m bench.bench_webapp {' '.join(argv or sys.argv[1:])}`: champion `{champion}` (cnn_small,
@@ -255,10 +275,13 @@ App: `POST /upload` as a browser sends it (multipart form, session cookie, CSRF 
 rendered; the Grad-CAM heat map is the page's separate `<img>` request and is not fetched. Old:
 `POST /predict` with raw bytes, metadata in the query string (`pipelines.serve --http`).
 
-| server | one client p50 ms | p90 ms | one client images/s | {args.clients} clients images/s |
-| --- | ---: | ---: | ---: | ---: |
-| app (FastAPI, micro-batching) | {a['one_client_p50_ms']} | {a['one_client_p90_ms']} | {a['one_client_images_per_s']} | {a[k]} |
-| old http.server | {o['one_client_p50_ms']} | {o['one_client_p90_ms']} | {o['one_client_images_per_s']} | {o[k]} |
+| server | one client p50 ms | p90 ms | one client images/s | {args.clients} clients images/s | server CPU ms/image, 1 client | {args.clients} clients |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
+| app (FastAPI, micro-batching) | {a['one_client_p50_ms']} | {a['one_client_p90_ms']} | {a['one_client_images_per_s']} | {a[k]} | {a['server_cpu_ms_per_image_one_client']} | {a[c]} |
+| old http.server | {o['one_client_p50_ms']} | {o['one_client_p90_ms']} | {o['one_client_images_per_s']} | {o[k]} | {o['server_cpu_ms_per_image_one_client']} | {o[c]} |
+
+Server CPU per image is the server process's user + system time over the phase divided by the images
+served: unlike wall-clock figures it does not grow with the load other processes put on the cores.
 
 Targets: one client p50 <= 20 ms (app: **{a['one_client_p50_ms']} ms**); {args.clients} clients >= 150 images/s
 (app: **{a[k]}**). Ratio app / old, one client images/s: **{a['one_client_images_per_s'] / o['one_client_images_per_s']:.1f}x**;

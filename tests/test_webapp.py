@@ -213,3 +213,36 @@ def test_a_case_belongs_to_the_clinician_who_uploaded_it(setup):
                       ).status_code == 404
     bad = client.post(f"/cases/{case}/confirm", data={"label": "not-a-class", "csrf_token": csrf(client, "/upload")})
     assert bad.status_code == 422
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408():
+    import asyncio
+
+    from pipelines.webapp.guards import BodyLimits
+
+    async def app(scope, receive, send):
+        await receive()
+        raise AssertionError("the body never came")
+
+    async def never():
+        await asyncio.sleep(60)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"content-length", b"10")]}
+    asyncio.run(BodyLimits(app, 100, 0.05)(scope, never, send))
+    assert sent[0]["status"] == 408 and b"did not arrive in time" in sent[1]["body"]
+
+
+def test_the_app_feeds_the_model_what_training_fed_it(adapter, tmp_path):
+    """Upload bytes -> pixels equal ingest's normalised PNG read by the training input path."""
+    from pipelines.data import decode_image
+    from pipelines.images import normalize_image
+
+    raw = image_bytes("JPEG", size=300, seed=5)
+    stored = normalize_image(raw, tmp_path, adapter.limits).stored_path
+    trained = decode_image(str(stored), adapter.image_size).numpy()
+    assert (adapter.prepare(raw, {}).pixels == trained).all()

@@ -75,6 +75,35 @@ class State:
         return case_id
 
 
+class AccessLog:
+    """ASGI middleware: logs method, path (never the query), status and time (no patient data, no
+    file names) and adds the security headers. Plain ASGI: BaseHTTPMiddleware costs per request."""
+
+    HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+               (b"cache-control", b"no-store")]
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [0]
+
+        async def logged_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        finally:
+            log.info("%s %s %s %.1fms", scope["method"], scope["path"], status[0],
+                     (time.perf_counter() - started) * 1000)
+
+
 def session_secret(state_dir: Path) -> str:
     """The key that signs session cookies: made once, kept 0600 in the state folder."""
     path = state_dir / "session.key"
@@ -99,18 +128,7 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
                        session_cookie="medscan_session", same_site="strict",
                        max_age=int(float(serve.get("session_hours", 8)) * 3600))
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next: Any) -> Response:
-        """Method, path (never the query), status, time: no patient data, no file names."""
-        started = time.perf_counter()
-        response = await call_next(request)
-        log.info("%s %s %s %.1fms", request.method, request.url.path, response.status_code,
-                 (time.perf_counter() - started) * 1000)
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Cache-Control"] = "no-store"
-        return response
-
+    app.add_middleware(AccessLog)
     app.add_middleware(BodyLimits, max_bytes=state.max_upload + 2**20,
                        timeout_s=float(serve.get("request_timeout_s", 30)))
 
@@ -227,12 +245,17 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
             metadata = state.model.parse_metadata(values)
         except InvalidField as err:
             return again(422, str(err), err.field)
+        model = state.model
+
+        def score() -> tuple[Prepared, Prediction]:   # one thread hand-off for both steps
+            prepared = model.prepare(data, metadata)
+            return prepared, model.predict(prepared)
+
         try:
-            prepared = await run_in_threadpool(state.model.prepare, data, metadata)
+            prepared, prediction = await run_in_threadpool(score)
         except ImageRejected as err:
             return again(415, f"This file is not a usable image ({err.reason}): upload a photo "
                               "(JPEG or PNG).", "image")
-        prediction = await run_in_threadpool(state.model.predict, prepared)
         case_id = state.keep(Pending(user.username, data, prepared, metadata, prediction))
         return page(request, "result.html", case_id=case_id, prediction=prediction,
                     classes=[(c, state.model.display[c]) for c in state.model.classes])

@@ -11,10 +11,12 @@ import hmac
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROLES = ("clinician", "admin")
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}   # 16 MiB, ~50 ms here: cheap for one login, dear for a guesser
@@ -72,6 +74,7 @@ class UserStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
         new = not path.exists()
@@ -81,8 +84,12 @@ class UserStore:
         if new:
             os.chmod(path, 0o600)
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
+    def _connect(self) -> "_Borrowed":
+        """This thread's connection (opening one costs more than the query; threads each keep one)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=10)
+        return _Borrowed(db)
 
     def count(self) -> int:
         with closing(self._connect()) as db:
@@ -139,6 +146,28 @@ class UserStore:
         with closing(self._connect()) as db, db:
             if db.execute(sql, args).rowcount != 1:
                 raise UserError(f"no user {username!r}")
+
+
+class _Borrowed:
+    """A kept connection used like a fresh one: `closing()` leaves it open, `with` commits."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        return self.db.execute(*args)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "_Borrowed":
+        return self
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        if kind is None:
+            self.db.commit()
+        else:
+            self.db.rollback()
 
 
 def _check_strength(password: str) -> None:
