@@ -201,6 +201,42 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1]
 
 
+def render(result: dict[str, Any], argv: list[str]) -> str:
+    """The Markdown report of one run's figures."""
+    a, o = result["app"], result["old_http_server"]
+    clients = next(int(key.split("_")[0]) for key in a if key.endswith("_clients_images_per_s"))
+    k, c = f"{clients}_clients_images_per_s", f"server_cpu_ms_per_image_{clients}_clients"
+    return f"""# Serving speed: the clinician app vs the old http.server
+
+`python -m bench.bench_webapp {' '.join(argv)}`: champion `{result['champion']}` (cnn_small,
+{result['image_size']} px, HAM10000 classes + metadata, one epoch on random images), a {result['upload_bytes']}-byte JPEG upload
+with age/sex/site, both servers in their own process on 127.0.0.1, clients in the bench process (httpx,
+keep-alive), {result['cpu_count']} CPU cores shared with other work (load average at the end
+{result['load_average_end']}), wall {result['wall_s']} s.
+
+App: `POST /upload` as a browser sends it (multipart form, session cookie, CSRF token), the result page
+rendered; the Grad-CAM heat map is the page's separate `<img>` request and is not fetched. Old:
+`POST /predict` with raw bytes, metadata in the query string (`pipelines.serve --http`).
+
+| server | one client p50 ms | p90 ms | one client images/s | {clients} clients images/s | server CPU ms/image, 1 client | {clients} clients |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: |
+| app (FastAPI, micro-batching) | {a['one_client_p50_ms']} | {a['one_client_p90_ms']} | {a['one_client_images_per_s']} | {a[k]} | {a['server_cpu_ms_per_image_one_client']} | {a[c]} |
+| old http.server | {o['one_client_p50_ms']} | {o['one_client_p90_ms']} | {o['one_client_images_per_s']} | {o[k]} | {o['server_cpu_ms_per_image_one_client']} | {o[c]} |
+
+Server CPU per image is the server process's user + system time over the phase divided by the images
+served: unlike wall-clock figures it does not grow with the load other processes put on the cores.
+At {a[c]} ms per image, {result['cpu_count']} otherwise idle cores hold the CPU for at most
+{result['cpu_count'] * 1000 / a[c]:.0f} images/s of the app (an upper bound from the CPU budget, not a measurement;
+the clients need CPU too).
+
+Targets: one client p50 <= 20 ms (app: **{a['one_client_p50_ms']} ms**); {clients} clients >= 150 images/s
+(app: **{a[k]}**). Ratio app / old, one client images/s: **{a['one_client_images_per_s'] / o['one_client_images_per_s']:.1f}x**;
+{clients} clients: **{a[k] / o[k]:.1f}x**. Issue 11 quoted {BASELINE_PUBLISHED} images/s for the old server.
+Samples: app {a['n']} sequential + {clients}x{a['each']} concurrent, old {o['n']} sequential +
+{clients}x{o['each']} concurrent.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=32)
@@ -241,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             p.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "champion": champion, "image_size": args.image_size, "upload_bytes": len(image),
+        "argv": list(argv if argv is not None else sys.argv[1:]), "champion": champion, "image_size": args.image_size, "upload_bytes": len(image),
         "cpu_count": os.cpu_count(), "load_average_end": round(os.getloadavg()[0], 2),
         "python": platform.python_version(), "wall_s": round(time.perf_counter() - began, 1),
         "app": {"one_client_p50_ms": round(statistics.median(app_seq), 2),
@@ -261,34 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "webapp.json").write_text(json.dumps(result, indent=2) + "\n")
-    a, o, k = result["app"], result["old_http_server"], f"{args.clients}_clients_images_per_s"
-    c = f"server_cpu_ms_per_image_{args.clients}_clients"
-    md = f"""# Serving speed: the clinician app vs the old http.server
-
-`python -m bench.bench_webapp {' '.join(argv or sys.argv[1:])}`: champion `{champion}` (cnn_small,
-{args.image_size} px, HAM10000 classes + metadata, one epoch on random images), a {len(image)}-byte JPEG upload
-with age/sex/site, both servers in their own process on 127.0.0.1, clients in the bench process (httpx,
-keep-alive), {os.cpu_count()} CPU cores shared with other work (load average at the end
-{result['load_average_end']}), wall {result['wall_s']} s.
-
-App: `POST /upload` as a browser sends it (multipart form, session cookie, CSRF token), the result page
-rendered; the Grad-CAM heat map is the page's separate `<img>` request and is not fetched. Old:
-`POST /predict` with raw bytes, metadata in the query string (`pipelines.serve --http`).
-
-| server | one client p50 ms | p90 ms | one client images/s | {args.clients} clients images/s | server CPU ms/image, 1 client | {args.clients} clients |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: |
-| app (FastAPI, micro-batching) | {a['one_client_p50_ms']} | {a['one_client_p90_ms']} | {a['one_client_images_per_s']} | {a[k]} | {a['server_cpu_ms_per_image_one_client']} | {a[c]} |
-| old http.server | {o['one_client_p50_ms']} | {o['one_client_p90_ms']} | {o['one_client_images_per_s']} | {o[k]} | {o['server_cpu_ms_per_image_one_client']} | {o[c]} |
-
-Server CPU per image is the server process's user + system time over the phase divided by the images
-served: unlike wall-clock figures it does not grow with the load other processes put on the cores.
-
-Targets: one client p50 <= 20 ms (app: **{a['one_client_p50_ms']} ms**); {args.clients} clients >= 150 images/s
-(app: **{a[k]}**). Ratio app / old, one client images/s: **{a['one_client_images_per_s'] / o['one_client_images_per_s']:.1f}x**;
-{args.clients} clients: **{a[k] / o[k]:.1f}x**. Issue 11 quoted {BASELINE_PUBLISHED} images/s for the old server.
-Samples: app {args.n} sequential + {args.clients}x{args.each} concurrent, old {args.old_n} sequential +
-{args.clients}x{o['each']} concurrent.
-"""
+    md = render(result, result["argv"])
     (RESULTS / "webapp.md").write_text(md)
     print(md)
     return 0
