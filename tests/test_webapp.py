@@ -246,3 +246,26 @@ def test_the_app_feeds_the_model_what_training_fed_it(adapter, tmp_path):
     stored = normalize_image(raw, tmp_path, adapter.limits).stored_path
     trained = decode_image(str(stored), adapter.image_size).numpy()
     assert (adapter.prepare(raw, {}).pixels == trained).all()
+
+
+def test_cases_written_by_the_app_are_accepted_by_intake(tmp_path):
+    """What confirm writes is a delivery the intake stage takes in, metadata and all; rows written
+    by parallel confirmations are all there (the lock serialises them)."""
+    import math
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.intake import ensure_intake_dir, intake
+    from pipelines.webapp.cases import write_case
+
+    drop, intake_dir = tmp_path / "incoming", ensure_intake_dir(tmp_path / "intake")
+    metas = [{"age": 40.0 + i, "sex": "female", "localization": "back"} for i in range(6)]
+    metas[0] = {"age": math.nan, "sex": "unknown", "localization": "unknown"}
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda i: write_case(drop, f"case{i}", image_bytes("JPEG", 48, seed=i), "JPEG",
+                                           "nv" if i % 2 else "mel", metas[i]), range(6)))
+    assert not [p for p in drop.rglob(".tmp-*")]
+    result = intake(drop, intake_dir, "ham10000")
+    assert len(result.accepted) == 6 and not result.quarantined and not result.pending
+    accepted = {r["group_id"]: r for r in result.accepted}
+    assert accepted["app-case0"]["age"] in ("", "nan") and accepted["app-case3"]["label"] == "nv"
+    assert float(accepted["app-case5"]["age"]) == 45.0
