@@ -189,7 +189,7 @@ def test_confirmed_diagnosis_lands_in_the_drop_folder_and_the_audit_log(setup, c
     assert rows == [{"file": f"medscan-app/{case}.jpg", "label": "mel", "group_id": f"app-{case}",
                      "age": "63", "sex": "female", "localization": "scalp"}]
     assert (root / "incoming" / rows[0]["file"]).read_bytes()[:2] == b"\xff\xd8"
-    assert (root / "incoming" / ".medscan-intake.lock").exists()
+    assert not [p for p in (root / "incoming").rglob(".*")]   # no lock or temp file left in the drop
     entry = json.loads((root / ".medscan-app" / "audit.jsonl").read_text())
     assert {entry[k] for k in ("user", "model_version", "final_label")} == {"admin", "medscan-ham10000/1", "mel"}
     assert "predicted" in entry and "at" in entry
@@ -269,3 +269,29 @@ def test_cases_written_by_the_app_are_accepted_by_intake(tmp_path):
     accepted = {r["group_id"]: r for r in result.accepted}
     assert accepted["app-case0"]["age"] in ("", "nan") and accepted["app-case3"]["label"] == "nv"
     assert float(accepted["app-case5"]["age"]) == 45.0
+
+
+def test_confirm_waits_for_a_running_intake_and_says_so(setup, monkeypatch):
+    """The drop folder's flock is the one intake holds during a run: a confirmation then gets a
+    clear 503 and the case stays pending, so the same button works once intake is done."""
+    import fcntl
+
+    from pipelines.webapp import cases as cases_module
+
+    root, client = setup
+    login(client)
+    page = upload(client)
+    case = re.search(r'action="/cases/([0-9a-f]+)/confirm"', page.text).group(1)
+    drop = root / "incoming"
+    drop.mkdir()
+    real = cases_module.write_case
+    monkeypatch.setattr(cases_module, "write_case", lambda *a: real(*a[:-1], 0.2))
+    fd = os.open(drop, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)                       # what an intake run holds
+        busy = client.post(f"/cases/{case}/confirm", data={"label": "nv", "csrf_token": csrf(client, "/upload")})
+    finally:
+        os.close(fd)
+    assert busy.status_code == 503 and "intake is taking in new cases" in busy.text
+    done = client.post(f"/cases/{case}/confirm", data={"label": "nv", "csrf_token": csrf(client, "/upload")})
+    assert done.status_code == 200 and (drop / "labels.csv").exists()

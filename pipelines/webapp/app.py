@@ -290,8 +290,12 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
         label = str(form.get("label") or "")
         if state.model is None or label not in state.model.classes:
             return page(request, "error.html", 422, message="Choose the final diagnosis from the list.")
-        rel = await run_in_threadpool(cases.write_case, state.drop, case_id, item.image,
-                                      item.prepared.image_format, label, item.metadata)
+        try:
+            rel = await run_in_threadpool(cases.write_case, state.drop, case_id, item.image,
+                                          item.prepared.image_format, label, item.metadata, 10.0)
+        except cases.DropBusy:   # the case stays pending: the same button works again
+            return page(request, "error.html", 503, message="The intake is taking in new cases right "
+                        "now; go back and press 'Record diagnosis' again in a minute.")
         top = item.prediction.top[0]
         cases.audit(state.audit_log, user=user.username, model_version=item.prediction.model_version,
                     predicted=top["label"], predicted_probability=top["probability"],

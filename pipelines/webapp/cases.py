@@ -5,8 +5,10 @@ Format: README "New labelled cases (intake)": the image file and a `labels.csv` 
 
 Writes are atomic for a reader of the drop folder: the image is written to a dot-file (which
 intake ignores) and renamed; labels.csv is rewritten to a dot-file with the new row and renamed
-over the old one, while an exclusive `fcntl.flock` on `<drop>/.medscan-intake.lock` is held, so
-two confirmations (or an intake run that takes the same lock) never interleave.
+over the old one, while an exclusive `fcntl.flock` on the drop folder itself is held: the lock
+`pipelines.intake` takes for a run, so a confirmation never lands between intake's reading of
+labels.csv and its moving the file to processed/ (the row would be lost), and two confirmations
+never interleave. Nothing is written into the drop for the lock.
 
 The audit log (who, when, model version, the model's prediction, the final label, the case file)
 holds no patient metadata: age, sex and site go only into labels.csv, which is the case itself.
@@ -20,13 +22,13 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-LOCK_NAME = ".medscan-intake.lock"
 LABELS = "labels.csv"
 COLUMNS = ("file", "label", "group_id", "age", "sex", "localization")
 SUBFOLDER = "medscan-app"          # cases from the app, apart from other deliveries
@@ -34,16 +36,28 @@ FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "BMP": "bmp", "T
                      "GIF": "gif", "WEBP": "webp"}
 
 
+class DropBusy(RuntimeError):
+    """The drop folder stayed locked (an intake run) for longer than the caller would wait."""
+
+
 @contextmanager
-def intake_lock(drop: Path) -> Iterator[None]:
-    """Exclusive lock on the drop folder for as long as the block runs."""
+def intake_lock(drop: Path, timeout_s: float = 30.0) -> Iterator[None]:
+    """Exclusive flock on the drop folder itself, the lock an intake run holds (see module doc)."""
     drop.mkdir(parents=True, exist_ok=True)
-    with open(drop / LOCK_NAME, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    fd = os.open(drop, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DropBusy(f"the drop folder stayed locked by an intake run for {timeout_s:g} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
 
 
 def _atomic_write(dest: Path, data: bytes) -> None:
@@ -67,12 +81,13 @@ def _cell(value: Any) -> str:
 
 
 def write_case(drop: Path, case_id: str, image: bytes, image_format: str, label: str,
-               metadata: Mapping[str, Any]) -> str:
-    """Write the image and its labels.csv row; returns the row's `file` (relative to the drop)."""
+               metadata: Mapping[str, Any], lock_timeout_s: float = 30.0) -> str:
+    """Write the image and its labels.csv row; returns the row's `file` (relative to the drop).
+    Raises DropBusy when an intake run holds the folder longer than `lock_timeout_s`."""
     rel = f"{SUBFOLDER}/{case_id}.{FORMAT_EXTENSIONS.get(image_format.upper(), 'img')}"
     row = {"file": rel, "label": label, "group_id": f"app-{case_id}",
            **{c: _cell(metadata.get(c)) for c in ("age", "sex", "localization")}}
-    with intake_lock(drop):
+    with intake_lock(drop, lock_timeout_s):
         _atomic_write(drop / rel, image)
         labels = drop / LABELS
         old = labels.read_bytes() if labels.exists() else b""
