@@ -74,6 +74,7 @@ from pipelines.datasets.base import (
     Candidate,
     CsvFormatError,
     CsvRow,
+    IgnoreReason,
     MetadataError,
     Rejected,
     ScanResult,
@@ -231,7 +232,7 @@ class DropListing:
 
     files: dict[str, DropFile] = field(default_factory=dict)
     labels: DropFile | None = None
-    refused: dict[str, QuarantineEntry] = field(default_factory=dict)  # links leaving the drop
+    refused: dict[str, QuarantineEntry] = field(default_factory=dict)  # links out, FIFOs: never read
     refused_paths: dict[str, Path] = field(default_factory=dict)
     ignored: list[IgnoredEntry] = field(default_factory=list)
     atomic: bool = False  # S3: an object appears whole, so a truncated one is final, not arriving
@@ -341,7 +342,7 @@ def _evaluate_drop(
     the new pending state, and whether labels.csv is finished (no row waits). No writes."""
     result = IntakeResult(source="", ignored=list(listing.ignored))
     files, labels = listing.files, listing.labels
-    refused = [f"{n} (symlink leaving the drop: refused once a row names it)" for n in sorted(listing.refused)]
+    refused = [f"{n} (never read: quarantined once a row names it)" for n in sorted(listing.refused)]
     if labels is None or _unsettled(labels.path, settings):
         result.pending = sorted(files) + refused + ([f"{LABELS_FILE} (still being written)"] if labels else [])
         return [], result, state, False
@@ -386,6 +387,7 @@ def _evaluate_drop(
     result.pending.extend(sorted(set(files) - used - {n for n in files if n in new_state.first_seen}))
     result.pending.extend(r for n, r in zip(sorted(listing.refused), refused) if n not in used)
     result.processed = sorted(used)
+    result.ignored = [e for e in result.ignored if _nfc(e.source_path) not in used]  # now quarantined
     return checked, result, new_state, not new_state.first_seen
 
 
@@ -728,6 +730,11 @@ def _folder_listing(drop: Path) -> DropListing:
         name = _nfc(entry.source_path)
         listing.refused[name] = entry
         listing.refused_paths[name] = drop / entry.source_path
+    for entry in found.ignored:  # a row naming a FIFO or a linked folder: refused, never opened
+        if entry.reason in (IgnoreReason.SPECIAL_FILE, IgnoreReason.SYMLINKED_DIR):
+            name = _nfc(entry.source_path)
+            listing.refused[name] = QuarantineEntry(entry.source_path, ImageReason.UNREADABLE_FILE, entry.detail)
+            listing.refused_paths[name] = drop / entry.source_path
     for item in found.files:
         rel = relative(item.path, drop)
         entry = DropFile(_nfc(rel), item.target, rel, item.path)

@@ -49,9 +49,13 @@ def intake_dir(tmp_path) -> Path:
 
 
 def make_drop(drop: Path, files: dict[str, bytes], rows: list[tuple[str, ...]]) -> Path:
+    """A finished delivery: its files were last modified an hour ago (past any settle window)."""
     for name, data in files.items():
         write(drop / name, data)
     write_labels_csv(drop, rows)
+    settled = time.time() - 3600
+    for path in drop.rglob("*"):
+        os.utime(path, (settled, settled))
     return drop
 
 
@@ -181,9 +185,8 @@ def test_truncated_image_is_quarantined_after_the_pending_timeout(tmp_path, inta
 def test_recently_modified_file_waits_for_the_settle_window(tmp_path, intake_dir):
     settings = IntakeSettings(settle_s=3600)
     drop = ham_drop(tmp_path)
+    os.utime(drop / "b.png")  # b.png was modified just now: still being written
     old = time.time() - 7200
-    os.utime(drop / "labels.csv", (old, old))
-    os.utime(drop / "a.jpg", (old, old))  # b.png was written just now: still being written
     first = intake(drop, intake_dir, "ham10000", now=NOW, settings=settings)
     assert [c["label"] for c in first.accepted] == ["mel"] and "still being written" in first.pending[0]
     os.utime(drop / "b.png", (old, old))
@@ -193,6 +196,7 @@ def test_recently_modified_file_waits_for_the_settle_window(tmp_path, intake_dir
 
 def test_labels_csv_still_being_written_leaves_the_drop_alone(tmp_path, intake_dir):
     drop = ham_drop(tmp_path)
+    os.utime(drop / "labels.csv")
     result = intake(drop, intake_dir, "ham10000", now=NOW, settings=IntakeSettings(settle_s=3600))
     assert result.accepted == [] and "labels.csv (still being written)" in result.pending
     assert (drop / "a.jpg").is_file()
