@@ -611,6 +611,13 @@ def _replay(intake_dir: Path, journal: Mapping[str, Any]) -> None:
     _fsync_dir(intake_dir)
 
 
+def _remove_temporaries(intake_dir: Path) -> None:
+    """A kill in the middle of an atomic write leaves its `.tmp-*` file; only intake writes them."""
+    for folder in (intake_dir, intake_dir / IMAGES_DIR):
+        for path in folder.glob(".tmp-*"):
+            path.unlink(missing_ok=True)
+
+
 def recover(intake_dir: Path) -> IntakeResult | None:
     """Finish what an interrupted run recorded in its journal; its outcome, or None."""
     path = intake_dir / JOURNAL_FILE
@@ -926,6 +933,7 @@ def intake(
         if not is_s3:
             locks.enter_context(_locked(Path(drop), settings.lock_timeout_s, "drop folder"))
         locks.enter_context(_locked(intake_dir, settings.lock_timeout_s, "intake folder"))
+        _remove_temporaries(intake_dir)
         earlier = recover(intake_dir)
         if is_s3:
             result = intake_s3(str(drop), intake_dir, adapter, manifest_path, bounds, moment, endpoint_url, settings)

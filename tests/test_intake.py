@@ -461,6 +461,18 @@ def test_s3_row_whose_object_has_not_arrived_is_pending(s3, intake_dir):
     assert [c["group_id"] for c in second.accepted] == ["C2"]
 
 
+def test_s3_row_whose_object_never_arrives_is_quarantined_once_after_the_timeout(s3, intake_dir):
+    put_drop(s3, {}, [("late.png", "Uninfected", "C2", "", "", "")])
+    settings = IntakeSettings(pending_timeout_s=60)
+    intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW, settings=settings)
+    later = NOW + timedelta(seconds=61)
+    timed_out = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=later, settings=settings)
+    assert reasons(timed_out) == {f"s3://{BUCKET}/incoming/labels.csv": "missing_image"}
+    assert timed_out.quarantined[0].label == "Uninfected" and timed_out.pending == []
+    again = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=later, settings=settings)
+    assert (again.quarantined, again.pending) == ([], [])
+
+
 def test_s3_bad_object_is_quarantined_once(s3, intake_dir):
     put_drop(
         s3,

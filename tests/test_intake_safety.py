@@ -189,6 +189,7 @@ def test_kill_minus_9_mid_intake_then_a_rerun_reports_the_truth(tmp_path, intake
     assert list(quarantine_log(intake_dir)["reason"]) == ["not_an_image"]  # logged once
     assert summary["recovered"] == (0 if target == "_store_case" else len(names))
     assert list(drop.iterdir()) == [] and not (intake_dir / JOURNAL_FILE).exists()
+    assert not list(intake_dir.rglob(".tmp-*"))
     archived = {p.name for d in archive_dir_for(drop).iterdir() for p in d.iterdir()}
     assert archived == {*names, "bad.png", "labels.csv"}
     again = intake(drop, intake_dir, "malaria", now=NOW)
