@@ -209,7 +209,8 @@ class IntakeSettings:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "IntakeSettings":
         section = params.get("intake") or {}
-        return cls(**{k: float(section[k]) for k in ("lock_timeout_s", "settle_s", "pending_timeout_s") if k in section})
+        names = ("lock_timeout_s", "settle_s", "pending_timeout_s")
+        return cls(**{k: float(section[k]) for k in names if k in section})
 
 
 class IntakeBusy(RuntimeError):
@@ -422,7 +423,8 @@ def _row_outcome(
         return _Waiting("not arrived", QuarantineEntry(origin, SourceReason.MISSING_IMAGE, detail, label=label))
     if _unsettled(drop_file.path, settings):
         detail = f"line {row.line}: still being modified {timeout}"
-        return _Waiting("still being written", QuarantineEntry(drop_file.origin, SourceReason.UNSTABLE_FILE, detail, label=label))
+        entry = QuarantineEntry(drop_file.origin, SourceReason.UNSTABLE_FILE, detail, label=label)
+        return _Waiting("still being written", entry)
     outcome = _check_row(row, drop_file, adapter, bounds)
     if isinstance(outcome, QuarantineEntry) and outcome.reason in UNFINISHED_REASONS and not listing.atomic:
         entry = replace_detail(outcome, f"{outcome.detail} ({timeout})", label)

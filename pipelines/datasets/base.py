@@ -297,7 +297,8 @@ def unread_entries(root: Path, read: Sequence[str], why: str) -> ScanResult:
             elif entry.is_symlink():
                 _add_link(path, rel, real_root, listing)
             else:
-                listing.ignored.append(IgnoredEntry(rel, IgnoreReason.SPECIAL_FILE, _kind(entry.stat(follow_symlinks=False))))
+                kind = _kind(entry.stat(follow_symlinks=False))
+                listing.ignored.append(IgnoredEntry(rel, IgnoreReason.SPECIAL_FILE, kind))
             result.quarantine.extend(listing.quarantine)
             result.ignored.extend(listing.ignored)
             if listing.files:  # a link to a file inside the root: still not part of the layout

@@ -76,9 +76,8 @@ class Ham10000Adapter(DatasetAdapter):
             raise FileNotFoundError(f"{self.name}: no {self.METADATA_FILE} under {root}")
         table = read_csv_table(csv_path, self.METADATA_FILE, self.REQUIRED_COLUMNS)
         files, result = self._index_images(root)
-        result = result.merge(
-            unread_entries(root, (self.METADATA_FILE, *self.IMAGE_DIRS), f"only {self.METADATA_FILE} and {', '.join(self.IMAGE_DIRS)} are read")
-        )
+        why = f"only {self.METADATA_FILE} and {', '.join(self.IMAGE_DIRS)} are read"
+        result = result.merge(unread_entries(root, (self.METADATA_FILE, *self.IMAGE_DIRS), why))
         result.quarantine.extend(table.problems)
         rows, rejected = resolve_duplicates(
             table.rows, key=lambda r: r.values["image_id"], label=lambda r: r.values["dx"].lower()
