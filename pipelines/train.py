@@ -1,7 +1,8 @@
 """Train stage: one architecture from the zoo on the train split, early-stopped on val.
 
 Writes models/<arch>/ (model.keras, history.json, train_info.json) and one MLflow child run under
-the pipeline's parent run with params, per-epoch metrics and the logged model.
+the pipeline's parent run with params, per-epoch metrics and the logged model. A `warm_start`
+candidate (pipelines/warm_start.py) takes the same path from the registry champion's weights.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines import tracking
+from pipelines import tracking, warm_start
 from pipelines.config import Paths, load_params, project_root
 from pipelines.data import make_dataset
 from pipelines.datasets import get_adapter
@@ -62,11 +63,17 @@ def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
 def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     """Train `arch`, write models/<arch>/, log to MLflow; returns train_info."""
     tp, dataset = params["train"], params["dataset"]["name"]
-    spec, size = input_size(params["zoo"][arch], int(tp["image_size"]))
-    keras.utils.set_random_seed(int(tp["seed"]))
     classes = read_labels(paths.labels)
+    start = warm_start.resolve(arch, paths, params, classes)  # None: an ordinary zoo architecture
+    if isinstance(start, warm_start.Skip):
+        return warm_start.write_skipped(paths, arch, start.reason)
+    if start is None:
+        spec, size = input_size(params["zoo"][arch], int(tp["image_size"]))
+        info = model_inputs_info(dataset, bool(tp["use_metadata"]))
+    else:
+        tp, spec, size, info = start.train_params, start.spec, start.image_size, start.inputs_info
+    keras.utils.set_random_seed(int(tp["seed"]))
     frames = read_splits(paths)
-    info = model_inputs_info(dataset, bool(tp["use_metadata"]))
     batch = int(tp["batch_size"])
 
     def dataset_for(split: str, training: bool):
@@ -78,7 +85,8 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     y_train = frames["train"]["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     weights = class_weights(y_train, len(classes)) if tp["class_weighting"] else None
 
-    model = build_model(spec, (size, size, 3), len(classes), len(info["metadata_features"]))
+    model = start.model if start else build_model(spec, (size, size, 3), len(classes),
+                                                  len(info["metadata_features"]))
     model.compile(optimizer=keras.optimizers.Adam(float(tp["learning_rate"])),
                   loss=make_loss(tp["loss"], gamma=float(tp.get("focal_gamma", 2.0))),
                   metrics=["accuracy"])
@@ -91,6 +99,8 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     with mlflow.start_run(experiment_id=experiment, run_name=arch, parent_run_id=parent) as run:
         mlflow.set_tags({"medscan.arch": arch, "medscan.builder": spec["builder"],
                          "medscan.dataset": dataset})
+        if start:
+            warm_start.record(start, paths, arch)
         mlflow.log_params({**flat_params("train", tp), **flat_params("augment", params["augment"]),
                            **flat_params("zoo", spec), "dataset": dataset, "arch": arch,
                            **{f"split.{k}_size": len(v) for k, v in frames.items()},
@@ -132,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = project_root()
     info = train(args.arch, Paths(root), load_params(root))
+    if "skipped" in info:
+        print(f"skipped {args.arch}: {info['skipped']}", file=sys.stderr)
+        return
     print(f"trained {args.arch}: {info['epochs_run']} epochs in {info['train_seconds']} s "
           f"(run {info['run_id']})", file=sys.stderr)
 
