@@ -10,8 +10,9 @@ it only replaces the champion when it wins the same gate as a from-scratch model
 The champion's own train_info decides the architecture, image size, classes and metadata encoding
 (a model is fed as it was trained). The candidate is skipped, with its reason in
 models/<name>/skipped.json, when `train.warm_start` is null, when the registry has no such alias
-(a first run: the from-scratch candidates make the first champion), or when the champion's
-classes are not today's labels (its output layer would mean something else).
+(a first run: the from-scratch candidates make the first champion), when the champion's
+classes are not today's labels (its output layer would mean something else), or when its
+train_info lacks how it was fed.
 
 DVC knows nothing about the registry: train@warm_start reruns when its file deps or params change
 (a delivery -> new splits), which is exactly a retrain; a promotion alone does not rerun it, and a
@@ -82,6 +83,10 @@ def resolve(arch: str, paths: Paths, params: Mapping[str, Any], classes: list[st
     if version is None:
         return Skip(f"no '{alias}' version of {name} in the registry yet: nothing to warm-start from")
     model, info = registry.load_version(name, version)
+    missing = [k for k in ("classes", "spec", "image_size", *INPUT_KEYS) if k not in info]
+    if missing:
+        return Skip(f"{name} v{version.version} ({alias}) has no {missing} in its train_info: "
+                    "cannot feed it as it was trained")
     if list(info["classes"]) != list(classes):
         return Skip(f"{name} v{version.version} ({alias}) was trained on classes {info['classes']}, "
                     f"today's labels are {classes}")
