@@ -90,6 +90,11 @@ class Paths:
         excludes them from the images it compares champion and challenger on."""
         return self.model_dir(arch) / "train_fingerprint.json"
 
+    def skipped(self, arch: str) -> Path:
+        """Written instead of a model by a candidate that did not train (a warm start with no
+        champion): evaluate then writes {"skipped": reason, "arch": arch} as its metrics."""
+        return self.model_dir(arch) / "skipped.json"
+
     def metrics_file(self, arch: str) -> Path:
         return self.root / "metrics" / f"{arch}.json"
 
