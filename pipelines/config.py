@@ -44,6 +44,11 @@ class Paths:
         return self.data / "quarantine.csv"
 
     @property
+    def ignored(self) -> Path:
+        """What the source holds that is not a case (unread folders, FIFOs, extra frames), with reasons."""
+        return self.data / "ignored.csv"
+
+    @property
     def labels(self) -> Path:
         """Ordered class list of the active data set: index i is the model's output i."""
         return self.data / "labels.json"
@@ -84,6 +89,11 @@ class Paths:
         """sha256 of every image the model trained or early-stopped on (train + val): the gate
         excludes them from the images it compares champion and challenger on."""
         return self.model_dir(arch) / "train_fingerprint.json"
+
+    def skipped(self, arch: str) -> Path:
+        """Written instead of a model by a candidate that did not train (a warm start with no
+        champion): evaluate then writes {"skipped": reason, "arch": arch} as its metrics."""
+        return self.model_dir(arch) / "skipped.json"
 
     def metrics_file(self, arch: str) -> Path:
         return self.root / "metrics" / f"{arch}.json"
