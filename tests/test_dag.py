@@ -32,13 +32,18 @@ AROUND = {"intake", "should_retrain", "publish", "record_outcome"}
 def literal_edges(architectures: list[str], demo_root: bool = True) -> set[tuple[str, str]]:
     """dvc.yaml's graph written out by hand: what each stage reads from which stage."""
     edges = {("ingest", "validate"), ("ingest", "split"), ("validate", "split"), ("compare", "promote"),
-             ("ingest", "promote"), ("split", "promote")}  # promote re-scores on data/images, splits
+             ("ingest", "promote"), ("split", "promote"),  # promote re-scores on data/images, splits
+             # the ensemble candidate: built from every arch's model and metrics, then evaluated
+             ("split", "ensemble"), ("ensemble", "evaluate_ensemble"), ("ingest", "evaluate_ensemble"),
+             ("split", "evaluate_ensemble"), ("evaluate_ensemble", "compare"), ("ensemble", "promote"),
+             ("evaluate_ensemble", "promote")}
     if demo_root:                       # dataset.root inside data/demo, the demo_data output
         edges.add(("demo_data", "ingest"))
     for arch in architectures:
         edges |= {("ingest", f"train@{arch}"), ("split", f"train@{arch}"), ("split", f"evaluate@{arch}"),
                   (f"train@{arch}", f"evaluate@{arch}"), (f"evaluate@{arch}", "compare"),
-                  ("ingest", f"evaluate@{arch}"), (f"train@{arch}", "promote"), (f"evaluate@{arch}", "promote")}
+                  ("ingest", f"evaluate@{arch}"), (f"train@{arch}", "promote"), (f"evaluate@{arch}", "promote"),
+                  (f"train@{arch}", "ensemble"), (f"evaluate@{arch}", "ensemble")}
     return edges
 
 
