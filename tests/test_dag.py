@@ -84,7 +84,8 @@ def test_dags_folder_imports_without_errors(dagbag):
 def test_one_task_per_dvc_stage_plus_intake_gate_publish_outcome(retrain, spec):
     stage_ids = {task_id(name) for name in spec.names}
     assert set(retrain.task_ids) == AROUND | stage_ids
-    literal = {"demo_data", "ingest", "validate", "split", "compare", "promote"} | {
+    literal = {"demo_data", "ingest", "validate", "split", "ensemble", "evaluate_ensemble", "compare",
+               "promote"} | {
         f"{family}.{arch}" for family in ("train", "evaluate") for arch in PARAMS["architectures"]}
     assert stage_ids == literal
     assert retrain.get_task(f"train.{PARAMS['architectures'][0]}").task_group.group_id == "train"
