@@ -30,7 +30,7 @@ import mlflow
 
 from pipelines import tracking
 from pipelines.config import DERIVED, ENSEMBLE, Paths, load_params, project_root
-from pipelines.ensemble import SHARED_KEYS, build_ensemble, union_fingerprint
+from pipelines.ensemble import SHARED_KEYS, build_ensemble, differences, union_fingerprint
 from pipelines.fingerprint import read_fingerprint, write_fingerprint
 from pipelines.inference import load_bundle
 from pipelines.metrics import LOWER_IS_BETTER
@@ -97,8 +97,7 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         if len(chosen) == wanted:
             break
         model, info = load_bundle(paths.model_dir(arch))
-        first = next(iter(infos.values()), info)
-        differs = [k for k in SHARED_KEYS if info.get(k) != first.get(k)]
+        differs = differences(info, next(iter(infos.values()), info))
         if differs:
             excluded[arch] = f"differs from {next(iter(infos))!r} in {differs}"
             continue

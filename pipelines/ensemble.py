@@ -40,6 +40,11 @@ SHARED_KEYS: tuple[str, ...] = ("classes", "metadata_columns", "categorical_valu
 RESIZE_INTERPOLATION = "bilinear"   # pipelines.data.decode_image: tf.image.resize, antialias=True
 
 
+def differences(info: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
+    """The SHARED_KEYS on which a member's train_info differs from the reference member's."""
+    return [key for key in SHARED_KEYS if info.get(key) != reference.get(key)]
+
+
 def check_compatible(infos: Mapping[str, Mapping[str, Any]]) -> None:
     """Members must predict the same classes in the same order from the same metadata encoding."""
     names = list(infos)
@@ -47,10 +52,9 @@ def check_compatible(infos: Mapping[str, Mapping[str, Any]]) -> None:
         raise ValueError(f"an ensemble needs at least 2 members, got {names}")
     first = infos[names[0]]
     for name in names[1:]:
-        for key in SHARED_KEYS:
-            if infos[name].get(key) != first.get(key):
-                raise ValueError(f"ensemble members {names[0]!r} and {name!r} differ in train_info "
-                                 f"{key!r}: {first.get(key)!r} vs {infos[name].get(key)!r}")
+        for key in differences(infos[name], first):
+            raise ValueError(f"ensemble members {names[0]!r} and {name!r} differ in train_info "
+                             f"{key!r}: {first.get(key)!r} vs {infos[name].get(key)!r}")
 
 
 def _member_inputs(member: keras.Model) -> list[str]:

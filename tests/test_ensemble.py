@@ -101,7 +101,7 @@ def _val(value: float) -> dict:
 
 
 def write_candidate(paths: Paths, arch: str, size: int, seed: int, val: float | None,
-                    skipped: str | None = None) -> None:
+                    skipped: str | None = None, classes: list[str] = CLASSES) -> None:
     """What train + evaluate leave for one architecture (a real tiny model, a fake MLflow run id)."""
     paths.metrics_file(arch).parent.mkdir(parents=True, exist_ok=True)
     if skipped:
@@ -110,7 +110,7 @@ def write_candidate(paths: Paths, arch: str, size: int, seed: int, val: float | 
     out = paths.model_dir(arch)
     out.mkdir(parents=True)
     tiny(size, seed).save(out / "model.keras")
-    info = {"arch": arch, "builder": "custom_cnn", "spec": SPEC, "dataset": "ham10000", "classes": CLASSES,
+    info = {"arch": arch, "builder": "custom_cnn", "spec": SPEC, "dataset": "ham10000", "classes": classes,
             "image_size": size, "metadata_columns": ["age"], "categorical_values": {},
             "metadata_features": [f"f{i}" for i in range(META)], "run_id": f"run-{arch}",
             "parent_run_id": "p", "train_seconds": 10.0, "epochs_run": 1, "best_epoch": 1,
@@ -141,13 +141,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Paths, dic
 
 def test_stage_picks_members_on_validation_and_writes_a_candidate(project):
     paths, params = project
+    write_candidate(paths, "other_labels", 24, 6, 0.80, classes=["c", "b", "a"])
+    params["architectures"].append("other_labels")
     info = assemble.run(paths, params)
     out = paths.model_dir(ENSEMBLE)
     assert out == paths.root / "derived" / "models" / ENSEMBLE
     assert info["members"] == ["best", "second"]
     assert info["selection"]["values"] == {"best": 0.90, "second": 0.70}
     assert info["selection"]["excluded"] == {"no_val": "no validation balanced_accuracy",
-                                             "warm_start": "skipped: no champion"}
+                                             "warm_start": "skipped: no champion",
+                                             "other_labels": "differs from 'best' in ['classes']"}
     saved = json.loads((out / "train_info.json").read_text())
     assert saved == info and saved["image_size"] == 24 and saved["tta"] == "flips"
     assert saved["member_run_ids"] == {"best": "run-best", "second": "run-second"}
