@@ -50,6 +50,11 @@ class Paths:
         return self.data / "quarantine.csv"
 
     @property
+    def ignored(self) -> Path:
+        """What the source holds that is not a case (unread folders, FIFOs, extra frames), with reasons."""
+        return self.data / "ignored.csv"
+
+    @property
     def labels(self) -> Path:
         """Ordered class list of the active data set: index i is the model's output i."""
         return self.data / "labels.json"
