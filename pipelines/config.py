@@ -5,6 +5,7 @@ Stages run with the project root as the working directory (DVC does that); tests
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ from typing import Any
 import yaml
 
 PARAMS_FILE = "params.yaml"
+# Candidates assembled from other candidates' models and metrics (pipelines/assemble.py). They live
+# under derived/ so that their DVC stage can depend on the whole models/ and metrics/ folders
+# without a cycle (a stage cannot depend on a folder holding its own output).
+ENSEMBLE = "ensemble"
+DERIVED: tuple[str, ...] = (ENSEMBLE,)
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,11 @@ class Paths:
     def promotion(self) -> Path:
         return self.reports / "promotion.json"
 
+    def _candidates(self, arch: str) -> Path:
+        return self.root / "derived" if arch in DERIVED else self.root
+
     def model_dir(self, arch: str) -> Path:
-        return self.root / "models" / arch
+        return self._candidates(arch) / "models" / arch
 
     def train_fingerprint(self, arch: str) -> Path:
         """sha256 of every image the model trained or early-stopped on (train + val): the gate
@@ -96,7 +105,7 @@ class Paths:
         return self.model_dir(arch) / "skipped.json"
 
     def metrics_file(self, arch: str) -> Path:
-        return self.root / "metrics" / f"{arch}.json"
+        return self._candidates(arch) / "metrics" / f"{arch}.json"
 
     def plots_dir(self, arch: str) -> Path:
         return self.root / "plots" / arch
@@ -119,6 +128,12 @@ class Paths:
 def project_root() -> Path:
     """The project checkout: MEDSCAN_ROOT if set, else the working directory."""
     return Path(os.environ.get("MEDSCAN_ROOT", os.getcwd())).resolve()
+
+
+def candidates(params: Mapping[str, Any]) -> list[str]:
+    """What compare ranks and promote may pick: the trained `architectures`, then each derived
+    candidate that params.yaml configures (a section of its name, e.g. `ensemble:`)."""
+    return [*(params.get("architectures") or []), *(d for d in DERIVED if d in params)]
 
 
 def load_params(root: Path | None = None) -> dict[str, Any]:
