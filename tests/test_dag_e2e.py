@@ -36,8 +36,9 @@ TINY: dict[str, Any] = {
     "promote": {"floor": 0.0},
     "architectures": [ARCH],
 }
+# One architecture: the ensemble stage runs and records itself skipped (fewer than 2 members).
 STAGE_TASKS = ("demo_data", "ingest", "validate", "split", f"train.{ARCH}", f"evaluate.{ARCH}",
-               "compare", "promote")
+               "ensemble", "evaluate_ensemble", "compare", "promote")
 RUN_TIMEOUT_S = 600
 
 # Runs in a fresh interpreter: parse the copy's dags/, dag.test() once, print states and XComs.
@@ -158,7 +159,7 @@ def test_first_run_trains_promotes_commits_and_pushes(runs):
                                                         "publish", "record_outcome")), _fail_note(first)
     ran = set(first["xcom"]["record_outcome"]["stages_run"])
     assert ran == {"demo_data", "ingest", "validate", "split", f"train@{ARCH}", f"evaluate@{ARCH}",
-                   "compare", "promote"}
+                   "ensemble", "evaluate_ensemble", "compare", "promote"}
     promotion = runs["promotion1"]
     assert promotion["blessed"] == 1 and promotion["champion_after"] == promotion["candidate_version"]
     outcome = first["xcom"]["record_outcome"]
