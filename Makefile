@@ -17,7 +17,7 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test real lock mlflow-ui airflow bench clean
+.PHONY: install demo test real lock mlflow-ui airflow airflow-stop bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ mlflow-ui: install
 
 airflow: install
 	scripts/airflow-standalone.sh
+
+# Stops everything `make airflow` started (its whole session), from any shell.
+airflow-stop:
+	scripts/airflow-standalone.sh stop
 
 bench: install
 	python -m bench.bench_ingest --repeat 2
