@@ -9,7 +9,6 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
-export TF_CPP_MIN_LOG_LEVEL := 2
 export GIT_PYTHON_REFRESH := quiet
 # No usage telemetry from any tool (same switches as pipelines/__init__.py).
 export MLFLOW_DISABLE_TELEMETRY := true

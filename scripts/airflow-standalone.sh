@@ -83,7 +83,8 @@ export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
 # log servers, which always bind all interfaces (they only serve logs to JWT-signed requests).
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW__API__PORT/execution/"
 export AIRFLOW__API__BASE_URL="http://127.0.0.1:$AIRFLOW__API__PORT"
-export TF_CPP_MIN_LOG_LEVEL=2 GIT_PYTHON_REFRESH=quiet
+# TensorFlow's log level and start-up notices: pipelines/__init__.py (every task imports it).
+export GIT_PYTHON_REFRESH=quiet
 mkdir -p "$AIRFLOW_HOME"
 
 PASSWORDS="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
