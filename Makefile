@@ -10,7 +10,6 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
-export TF_CPP_MIN_LOG_LEVEL := 2
 export GIT_PYTHON_REFRESH := quiet
 # No usage telemetry from any tool (same switches as pipelines/__init__.py).
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -18,7 +17,7 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test real lock serve mlflow-ui airflow bench clean
+.PHONY: install demo test real lock serve mlflow-ui airflow airflow-stop bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +53,10 @@ mlflow-ui: install
 
 airflow: install
 	scripts/airflow-standalone.sh
+
+# Stops everything `make airflow` started (its whole session), from any shell.
+airflow-stop:
+	scripts/airflow-standalone.sh stop
 
 bench: install
 	python -m bench.bench_ingest --repeat 2

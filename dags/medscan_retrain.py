@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,12 @@ from pipelines.dag_spec import PipelineSpec, read_spec, split_name, task_id  # n
 log = logging.getLogger("medscan.airflow")
 redaction.install()   # every log record of this process loses its credentials (MEDSCAN_GIT_PUSH, S3 keys)
 
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+# No start_date on the scheduled DAGs: with a start_date and catchup=False, Airflow 3.3's
+# CronTriggerTimetable schedules the latest *past* slot, so unpausing started a surprise run beside
+# the one you trigger. Without one, `run_immediately` decides; `False` still runs a slot that
+# passed less than a tenth of the period ago (16.8 h for a weekly cron: trigger.py treats False
+# like None), a zero window never runs a past slot: the first run is the next future one.
+NEVER_PAST_SLOT = timedelta(0)
 STAGE_TIMEOUT = timedelta(hours=12)     # one DVC stage (training on real data included)
 RUN_TIMEOUT = timedelta(hours=24)       # a stuck run must not block the next (max_active_runs=1)
 WATCH_TIMEOUT_S = 9 * 60                # the watcher waits a little less than its 10-min period
@@ -105,6 +110,24 @@ def promotion_asset(settings: orchestrate.Settings) -> Asset:
                  uri=(settings.root / "reports" / "promotion.json").as_uri(), group="medscan")
 
 
+def weekly(settings: orchestrate.Settings) -> CronTriggerTimetable:
+    """The retrain's cron; never runs a slot that passed before the DAG was unpaused."""
+    return CronTriggerTimetable(settings.schedule, timezone="UTC", run_immediately=NEVER_PAST_SLOT)
+
+
+def cron_words(cron: str) -> str:
+    """The cron in words, as Airflow's own timetable description writes it (cron-descriptor)."""
+    from cron_descriptor import CasingTypeEnum, ExpressionDescriptor
+
+    return ExpressionDescriptor(cron, casing_type=CasingTypeEnum.Sentence,
+                                use_24hour_time_format=True).get_description()
+
+
+def schedule_label(settings: orchestrate.Settings) -> str:
+    """Both triggers in words, for the DAG list: the UI's schedule column shows only the asset."""
+    return f"{cron_words(settings.schedule)} UTC (cron {settings.schedule}) or a new drop"
+
+
 def retrain_doc(settings: orchestrate.Settings, spec: PipelineSpec) -> str:
     stages = "\n".join(f"- `{task_id(s.name)}`: `dvc repro --single-item {s.name}`"
                        + (f" (after {', '.join(f'`{u}`' for u in s.upstream)})" if s.upstream else "")
@@ -118,6 +141,14 @@ dependencies are read from `dvc.yaml` when this file is parsed, so they always m
 **Triggers**: the cron `{settings.schedule}` (UTC; a scheduled run always retrains) **or** the
 asset `medscan_drop_{settings.dataset}` (set by `medscan_drop_watch_{settings.dataset}` when a
 `labels.csv` lands in `{settings.drop_folder}`), **or** a manual trigger.
+
+**Unpausing** starts nothing by itself: the first scheduled run is the next cron slot
+({cron_words(settings.schedule)}, UTC). A DAG paused again after it has run and unpaused later
+does start the one latest slot it missed (Airflow's catchup=False), like any scheduled DAG.
+
+**Trigger form**: every field has a working default, so *Trigger* works as it opens; leave
+`s3_prefix` empty (null) for no S3 source. From the CLI:
+`airflow dags trigger medscan_retrain_{settings.dataset} --conf '{{"force_retrain": true}}'`.
 
 **Tasks**
 1. `intake`: `python -m pipelines.intake --drop <drop_folder> --dvc-add` (and `--s3 <s3_prefix>`
@@ -146,14 +177,11 @@ def build_retrain_dag(settings: orchestrate.Settings, spec: PipelineSpec) -> DAG
 
     @dag(
         dag_id=f"medscan_retrain_{settings.dataset}",
-        dag_display_name=f"Medscan retrain: {settings.dataset}",
-        description=f"Intake, DVC stages, commit + push, promotion verdict for {settings.dataset}",
+        dag_display_name=f"Medscan retrain: {settings.dataset} · {schedule_label(settings)}",
+        description=(f"{schedule_label(settings)}: intake, DVC stages, commit + push, promotion "
+                     f"verdict for {settings.dataset}"),
         doc_md=retrain_doc(settings, spec),
-        schedule=AssetOrTimeSchedule(
-            timetable=CronTriggerTimetable(settings.schedule, timezone="UTC"),
-            assets=[drop_asset(settings)],
-        ),
-        start_date=START,
+        schedule=AssetOrTimeSchedule(timetable=weekly(settings), assets=[drop_asset(settings)]),
         catchup=False,
         max_active_runs=1,
         dagrun_timeout=RUN_TIMEOUT,
@@ -165,9 +193,11 @@ def build_retrain_dag(settings: orchestrate.Settings, spec: PipelineSpec) -> DAG
                                    description="Run the stages even when no new case arrived."),
             "dvc_force": Param(False, type="boolean",
                                description="`dvc repro --force`: re-execute stages DVC finds up to date."),
-            "drop_folder": Param(str(settings.drop_folder), type="string",
-                                 description="Folder with new images + labels.csv."),
-            "s3_prefix": Param(settings.s3_prefix or "", type="string",
+            # Nullable: the form sends an empty field as null, and a plain "string" type then keeps
+            # the Trigger button disabled until something is typed in.
+            "drop_folder": Param(str(settings.drop_folder), type=["null", "string"],
+                                 description="Folder with new images + labels.csv (empty: none)."),
+            "s3_prefix": Param(settings.s3_prefix or None, type=["null", "string"],
                                description="s3://bucket/prefix with new cases (empty: none)."),
         },
     )
@@ -275,8 +305,7 @@ def build_watch_dag(settings: orchestrate.Settings) -> DAG:
 No drop: the run ends *skipped* (soft fail), not failed.
 """,
         schedule=CronTriggerTimetable(settings.watch_schedule or orchestrate.DEFAULT_WATCH_SCHEDULE,
-                                      timezone="UTC"),
-        start_date=START,
+                                      timezone="UTC", run_immediately=NEVER_PAST_SLOT),
         catchup=False,
         max_active_runs=1,
         default_args={"owner": "medscan", "retries": 0, "on_failure_callback": notify_failure},

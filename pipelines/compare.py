@@ -12,19 +12,19 @@ start with no champion yet) is listed as skipped and takes no part in the rankin
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines import config
 from pipelines.metrics import LOWER_IS_BETTER, json_safe
+from pipelines.report import Block, Images, Table, render_html, render_md
+from pipelines.report import slug as _slug
 
 REPORT_DIRNAME = "compare"
 MD_NAME, HTML_NAME, JSON_NAME = "compare.md", "compare.html", "compare.json"
@@ -60,6 +60,20 @@ PLOTS: tuple[tuple[str, str], ...] = (
     ("roc.png", "ROC curves"),
     ("reliability.png", "Reliability"),
     ("gradcam.png", "Grad-CAM"),
+)
+# Many-panel plots: shown at full page width in the HTML, where a grid cell made their text unreadable.
+WIDE_PLOTS: frozenset[str] = frozenset({"Learning curves", "ROC curves", "Grad-CAM"})
+# The `calibration` block evaluate writes (temperature scaling + abstention), as report columns.
+CALIBRATION_FIELDS: tuple[tuple[str, str], ...] = (
+    ("temperature", "Temperature"),
+    ("threshold", "Abstain below"),
+    ("target_precision", "Target precision"),
+    ("val_coverage", "Val coverage"),
+    ("val_accepted_accuracy", "Val accepted acc."),
+    ("test_coverage", "Test coverage"),
+    ("test_accepted_accuracy", "Test accepted acc."),
+    ("test_ece_before", "Test ECE before"),
+    ("test_ece_after", "Test ECE after"),
 )
 SUBGROUP_FIELDS: tuple[tuple[str, str], ...] = (
     ("accuracy", "Accuracy"),
@@ -208,30 +222,7 @@ def _fmt_epochs(row: Mapping[str, Any]) -> str:
     return f"{row['epochs_run']}" + (f" (best {best})" if best is not None else "")
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "arch"
-
-
-# ----------------------------------------------------------------------------- document model
-@dataclass
-class Table:
-    """A table rendered to both Markdown and HTML; `bold` holds (row, col) cells to emphasise."""
-
-    headers: list[str]
-    rows: list[list[str]]
-    bold: set[tuple[int, int]] = field(default_factory=set)
-
-
-@dataclass
-class Images:
-    """Plots of one arch: (title, path relative to the report, absolute source or None)."""
-
-    items: list[tuple[str, str, Path | None]]
-
-
-Block = tuple[str, Any]  # ("h1"|"h2"|"h3"|"p", text) | ("table", Table) | ("images", Images)
-
-
+# ----------------------------------------------------------------------------- tables
 def _summary_table(
     rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any] | None,
     ranking: Sequence[Mapping[str, Any]], rank_metric: str,
@@ -257,8 +248,10 @@ def _summary_table(
             _fmt_float(1)(row.get("throughput_ips")), _fmt_duration(row.get("train_seconds")),
             _fmt_epochs(row), *[_fmt_metric(row.get(key)) for key, _ in metric_labels],
         ])
+    baseline_rows: set[int] = set()
     if baseline is not None:
         label = f"majority baseline ({baseline.get('majority_class') or '?'})"
+        baseline_rows.add(len(table_rows))
         table_rows.append(
             ["—", label, "always predicts the training majority class", *["—"] * 8,
              *[_fmt_metric(baseline.get(key)) for key, _ in metric_labels]]
@@ -271,7 +264,10 @@ def _summary_table(
             pick = min if key in LOWER_IS_BETTER else max
             best = pick(v for _, v in values)
             bold.update((i, first_metric_col + j) for i, v in values if v == best)
-    return Table(headers, table_rows, bold)
+    # The page reads quality first (accuracy, balanced accuracy, ...), then what a model costs.
+    groups = [("", [0, 1]), ("Test-split metrics", list(range(first_metric_col, len(headers)))),
+              ("Model, cost and training", list(range(2, first_metric_col)))]
+    return Table(headers, table_rows, bold, groups=groups, baseline_rows=baseline_rows)
 
 
 def _fmt_ci(interval: Any) -> str:
@@ -309,13 +305,26 @@ def _selection_table(
         rows.append([str(entry["rank"]), entry["arch"], _fmt_metric(entry["value"]),
                      *[f"{_fmt_metric(test.get(key))} {_fmt_ci(ci.get(key))}" for key in headline]])
     baseline_doc = next((d for d in metrics_by_arch.values() if d.get("baseline")), None)
+    baseline_rows: set[int] = set()
     if baseline_doc is not None:
         val_base = (baseline_doc.get(BASELINE_KEY[RANK_SPLIT]) or {}).get(rank_metric)
+        baseline_rows.add(len(rows))
         rows.append(["—", f"majority baseline ({baseline_doc['baseline'].get('majority_class') or '?'})",
                      _fmt_metric(val_base),
                      *[_fmt_metric(baseline_doc["baseline"].get(key)) for key in headline]])
     bold = {(0, 2)} if ranking and ranking[0]["value"] is not None else set()
-    return Table(headers, rows, bold)
+    return Table(headers, rows, bold, baseline_rows=baseline_rows)
+
+
+def _calibration_table(metrics_by_arch: Mapping[str, Mapping[str, Any]], archs: Sequence[str]) -> Table | None:
+    """Temperature, abstention threshold, coverage and accepted accuracy of each calibrated arch."""
+    calibrated = [(a, metrics_by_arch[a]["calibration"]) for a in archs
+                  if isinstance(metrics_by_arch[a].get("calibration"), Mapping)]
+    if not calibrated:
+        return None
+    rows = [[arch, *[_fmt_metric(c.get(key)) for key, _ in CALIBRATION_FIELDS], str(c.get("note") or "")]
+            for arch, c in calibrated]
+    return Table(["Architecture", *[label for _, label in CALIBRATION_FIELDS], "Note"], rows)
 
 
 def _sensitivity_overview(
@@ -351,97 +360,6 @@ def _subgroup_tables(subgroups: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
     return tables
 
 
-# ----------------------------------------------------------------------------- renderers
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _render_md(blocks: Sequence[Block]) -> str:
-    out: list[str] = []
-    for kind, body in blocks:
-        if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + body)
-        elif kind == "p":
-            out.append(body)
-        elif kind == "table":
-            out.append("| " + " | ".join(_md_cell(h) for h in body.headers) + " |")
-            out.append("|" + "|".join("---" for _ in body.headers) + "|")
-            for i, row in enumerate(body.rows):
-                cells = [
-                    f"**{_md_cell(c)}**" if (i, j) in body.bold and c != "—" else _md_cell(c)
-                    for j, c in enumerate(row)
-                ]
-                out.append("| " + " | ".join(cells) + " |")
-        elif kind == "images":
-            for title, rel, src in body.items:
-                out.append(f"**{title}**\n\n" + (f"![{title}]({rel})" if src else "_not produced_") + "\n")
-        out.append("")
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    """Escape, then turn the Markdown **bold** and `code` the paragraphs use into HTML."""
-    escaped = html.escape(text)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;
-padding:0 1rem;color:#1d2330;line-height:1.45}
-h1{border-bottom:2px solid #345;padding-bottom:.3rem}h2{margin-top:2.2rem;border-bottom:1px solid #ccd}
-.scroll{overflow-x:auto}table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.86rem}
-th,td{border:1px solid #ccd;padding:.3rem .5rem;text-align:right;white-space:nowrap}
-th{background:#eef1f6;position:sticky;top:0}td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}
-tr:nth-child(even) td{background:#fafbfd}tr.baseline td{background:#fff6e5;font-style:italic}
-strong{color:#0b5d1e}.plots{display:flex;flex-wrap:wrap;gap:1rem}
-figure{margin:0;border:1px solid #dde;padding:.4rem;background:#fff}
-figcaption{font-weight:600;margin-bottom:.3rem}
-figure img{max-width:640px;height:auto;display:block}.missing{color:#a33;font-style:italic}
-"""
-
-
-def _render_html(blocks: Sequence[Block], title: str) -> str:
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-    ]
-    for kind, body in blocks:
-        if kind in ("h1", "h2", "h3"):
-            anchor = _slug(body.lower())
-            parts.append(f'<{kind} id="{anchor}">{html.escape(body)}</{kind}>')
-        elif kind == "p":
-            parts.append(f"<p>{_inline(body)}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in body.headers)
-            rows = []
-            for i, row in enumerate(body.rows):
-                cells = "".join(
-                    f"<td><strong>{html.escape(c)}</strong></td>" if (i, j) in body.bold and c != "—"
-                    else f"<td>{html.escape(c)}</td>"
-                    for j, c in enumerate(row)
-                )
-                css = ' class="baseline"' if row and row[1].startswith("majority baseline") else ""
-                rows.append(f"<tr{css}>{cells}</tr>")
-            parts.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-                         f"<tbody>{''.join(rows)}</tbody></table></div>")
-        elif kind == "images":
-            figures = []
-            for title_, _, src in body.items:
-                if src is None:
-                    figures.append(f'<figure><figcaption>{html.escape(title_)}</figcaption>'
-                                   '<span class="missing">not produced</span></figure>')
-                    continue
-                data = base64.b64encode(src.read_bytes()).decode("ascii")
-                figures.append(f"<figure><figcaption>{html.escape(title_)}</figcaption>"
-                               f'<img alt="{html.escape(title_)}" src="data:image/png;base64,{data}">'
-                               "</figure>")
-            parts.append(f'<div class="plots">{"".join(figures)}</div>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
 # ----------------------------------------------------------------------------- report
 def _split_sizes_from(metrics_by_arch: Mapping[str, Mapping[str, Any]]) -> dict[str, int] | None:
     for doc in metrics_by_arch.values():
@@ -469,8 +387,17 @@ def _copy_plots(plots_root: Path, out_dir: Path, archs: Sequence[str]) -> dict[s
                 items.append((title, rel, dst))
             else:
                 items.append((title, rel, None))
-        images[arch] = Images(items)
+        images[arch] = Images(items, wide=WIDE_PLOTS)
     return images
+
+
+@dataclass
+class Report:
+    """The computed comparison: the compare.json content and the blocks both pages render."""
+
+    title: str
+    blocks: list[Block]
+    result: dict[str, Any]
 
 
 def build_report(
@@ -481,13 +408,39 @@ def build_report(
     *,
     split_sizes: Mapping[str, int] | None = None,
 ) -> dict:
-    """Write compare.md/.html/.json into out_dir and return the compare.json content.
+    """Write compare.md/.html/.json into out_dir and return the compare.json content."""
+    report = compute_report(metrics_by_arch, plots_root, out_dir, rank_metric, split_sizes=split_sizes)
+    write_report(report, out_dir)
+    return report.result
+
+
+def write_report(report: Report, out_dir: Path) -> None:
+    """Render: compare.md (pipelines.report), compare.html (its Jinja2 template), compare.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MD_NAME).write_text(render_md(report.blocks), encoding="utf-8")
+    (out_dir / HTML_NAME).write_text(render_html(report.blocks, report.title), encoding="utf-8")
+    (out_dir / JSON_NAME).write_text(json.dumps(report.result, indent=2, allow_nan=False) + "\n",
+                                     encoding="utf-8")
+
+
+def compute_report(
+    metrics_by_arch: dict[str, dict],
+    plots_root: Path,
+    out_dir: Path,
+    rank_metric: str,
+    *,
+    split_sizes: Mapping[str, int] | None = None,
+) -> Report:
+    """The comparison (rows, ranking, warnings) and its blocks; writes no page.
+
+    Copies each arch's plots into out_dir/img/ (the Markdown page links them there).
 
     metrics_by_arch: arch -> the evaluate stage's metrics/<arch>.json (order kept for display).
     plots_root: folder holding <arch>/<plot>.png. split_sizes: {"train", "val", "test"} counts for
     the header; defaults to `training.split_sizes` (or top-level `split_sizes`) in the metrics JSON,
     else only the test n is known.
-    Returned/written keys: dataset, split_sizes, test_n, rank_metric, rank_split ("val"),
+    `result` keys (compare.json): dataset, split_sizes, test_n, rank_metric, rank_split ("val"),
     report_split ("test"), higher_is_better, rows (one per arch: test metrics, `ci95`, `val`),
     baseline (row), ranking (arch names, best first), ranking_detail (rank, arch, split, value
     (validation), baseline_value, beats_baseline, test_value), best (None if no arch has a
@@ -587,6 +540,13 @@ def build_report(
                         "per metric in bold; ★ = ranking metric (ranked on validation). Latency is "
                         "single-image (batch 1), throughput at batch 32."))
     blocks.append(("table", _summary_table(rows, baseline, ranking, rank_metric)))
+    calibration = _calibration_table(metrics_by_arch, [r["arch"] for r in ranking])
+    if calibration is not None:
+        blocks.append(("h2", "Calibration and abstention"))
+        blocks.append(("p", "Temperature scaling and the abstention threshold are fitted on validation; "
+                            "coverage is the share of cases the model answers (confidence at or above "
+                            "the threshold), accepted accuracy the accuracy on those."))
+        blocks.append(("table", calibration))
     overview = _sensitivity_overview(metrics_by_arch, archs)
     if overview is not None:
         blocks.append(("h2", "Sensitivity / specificity by class"))
@@ -617,8 +577,6 @@ def build_report(
         blocks.append(("h3", f"{arch}: plots"))
         blocks.append(("images", images[arch]))
 
-    (out_dir / MD_NAME).write_text(_render_md(blocks), encoding="utf-8")
-    (out_dir / HTML_NAME).write_text(_render_html(blocks, title), encoding="utf-8")
     result = json_safe({
         "dataset": dataset,
         "split_sizes": sizes,
@@ -639,9 +597,7 @@ def build_report(
         "skipped": skipped,
         "warnings": warnings,
     })
-    (out_dir / JSON_NAME).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n",
-                                     encoding="utf-8")
-    return result
+    return Report(title, blocks, result)
 
 
 def main() -> None:

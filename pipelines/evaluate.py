@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -89,20 +90,37 @@ def write_skipped(paths: Paths, arch: str) -> dict[str, Any]:
     return report
 
 
+class Progress:
+    """One stderr line per step with the seconds so far: scoring and bootstrapping take a while."""
+
+    def __init__(self, arch: str) -> None:
+        self.arch, self.started = arch, time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        print(f"evaluate {self.arch} [{time.perf_counter() - self.started:5.1f} s] {step}",
+              file=sys.stderr, flush=True)
+
+
 def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     ep = params["evaluate"]
     if paths.skipped(arch).exists():  # a candidate that did not train (warm start, no champion)
         return write_skipped(paths, arch)
+    progress = Progress(arch)
+    progress("loading the model")
     model, info = load_bundle(paths.model_dir(arch))
     classes = info["classes"]
     # Profile first: Grad-CAM's sub-model adds graph nodes that make the model unsaveable.
+    progress("profiling size and latency")
     profile = profile_model(model, metadata_dim=len(info.get("metadata_features", [])))
     frames = read_splits(paths)
+    resamples = int(ep.get("bootstrap_resamples", 500))
     test = frames["test"]
     train_labels = label_indices(frames["train"], classes)
     val_results = val_baseline = None  # an empty val split: compare says so and never ranks on test
     if len(frames["val"]):
+        progress(f"scoring val: {len(frames['val'])} images, {resamples} bootstrap resamples")
         _, val_results, val_baseline = score_split(model, info, frames["val"], paths.root, train_labels, ep)
+    progress(f"scoring test: {len(test)} images, {resamples} bootstrap resamples")
     probs, results, baseline = score_split(model, info, test, paths.root, train_labels, ep)
     y_true = label_indices(test, classes)
     top_k = int(results["top_k"])
@@ -111,6 +129,7 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
         groups["age_band"] = age_band(groups["age"])
     subgroups = subgroup_metrics(groups, y_true, probs, classes, top_k=top_k)
 
+    progress("plots")
     plots = paths.plots_dir(arch)
     plots.mkdir(parents=True, exist_ok=True)
     plot_confusion_matrix(np.asarray(results["confusion_matrix"]), classes, plots / "confusion_matrix.png")
@@ -119,6 +138,7 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     history = json.loads((paths.model_dir(arch) / "history.json").read_text(encoding="utf-8"))
     plot_learning_curves(history, plots / "learning_curves.png")
     sample = gradcam_sample(test, int(ep.get("gradcam_per_class", 2)))
+    progress(f"Grad-CAM on {len(sample)} test images")
     render_gradcam(model, info, sample, paths.root, probs[test.index.get_indexer(sample.index)],
                    plots / "gradcam.png")
 
@@ -134,6 +154,7 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
+    progress("logging metrics and plots to MLflow")
     tracking.configure(paths, info["dataset"])
     with mlflow.start_run(run_id=info["run_id"]):
         intervals = {f"test_{k}_ci95_{end}": float(v[i]) for k, v in results["ci95"].items()
@@ -144,6 +165,7 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
                             **{f"profile_{k}": float(v) for k, v in profile.items() if isinstance(v, (int, float))}})
         mlflow.log_artifacts(str(plots), artifact_path="plots")
         mlflow.log_artifact(str(out), artifact_path="medscan")
+    progress("done")
     return report
 
 
@@ -157,10 +179,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.arch}: skipped ({report['skipped']})", file=sys.stderr)
         return
     t, v = report["test"], report["val"] or {}
-    print(f"{args.arch}: val balanced accuracy {v.get('balanced_accuracy')} (selects); test (reports): "
-          f"accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, "
-          f"macro F1 {t['f1_macro']:.3f}, macro ROC-AUC {t['roc_auc_macro_ovr']} "
-          f"(majority baseline accuracy {report['baseline']['accuracy']:.3f})", file=sys.stderr)
+    print(f"{args.arch}: val balanced accuracy {_fmt(v.get('balanced_accuracy'))} (selects); test (reports): "
+          f"accuracy {_fmt(t['accuracy'])}, balanced accuracy {_fmt(t['balanced_accuracy'])}, "
+          f"macro F1 {_fmt(t['f1_macro'])}, macro ROC-AUC {_fmt(t['roc_auc_macro_ovr'])} "
+          f"(majority baseline accuracy {_fmt(report['baseline']['accuracy'])})", file=sys.stderr)
+
+
+def _fmt(value: Any) -> str:
+    """Three decimals, or `n/a` for a metric that is undefined (no val split, one class only)."""
+    return "n/a" if value is None else f"{float(value):.3f}"
 
 
 if __name__ == "__main__":

@@ -350,7 +350,12 @@ def save_gradcam_grid(
     n = len(images)
     cols = max(1, min(cols, n)) if n else 1
     rows = max(1, math.ceil(n / cols))
-    fig = _new_figure(2.8 * cols, 3.1 * rows)
+    # Keep the caller's line breaks ("true X\npred Y 0.93"); wrap each line on its own. Each row
+    # gets room for its longest title, so captions never run into the image above them.
+    captions = ["\n".join(short_label(t, width=30, max_lines=2) for t in str(title).split("\n"))
+                for title in titles] if titles else []
+    caption_lines = max((c.count("\n") + 1 for c in captions), default=0)
+    fig = _new_figure(2.8 * cols, (2.8 + 0.2 * caption_lines) * rows)
     if n == 0:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no images for Grad-CAM", ha="center", va="center")
@@ -358,10 +363,8 @@ def save_gradcam_grid(
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(overlay(images[i], heatmaps[i], alpha), interpolation="nearest")
-        if titles:
-            # Keep the caller's line breaks ("true X\npred Y 0.93"); wrap each line on its own.
-            lines = str(titles[i]).split("\n")
-            ax.set_title("\n".join(short_label(t, width=30, max_lines=2) for t in lines), fontsize=8)
+        if captions:
+            ax.set_title(captions[i], fontsize=10)
         ax.set_axis_off()
     fig.tight_layout()
     return _save(fig, path)

@@ -144,7 +144,6 @@ def command_env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MEDSCAN_ROOT"] = str(root)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     env.setdefault("GIT_TERMINAL_PROMPT", "0")   # a failing push must fail, never wait for a password
     return env

@@ -210,7 +210,8 @@ def main() -> None:
     out = promote(Paths(root), load_params(root))
     verdict = "BLESSED" if out["blessed"] else "not blessed"
     print(f"{out['model_name']} v{out['candidate_version']} ({out['candidate_arch']}): {verdict}: "
-          f"{out['reason']}; champion is v{out['champion_after']}", file=sys.stderr)
+          f"{out['reason']}; champion is "
+          f"{'none' if out['champion_after'] is None else 'v' + str(out['champion_after'])}", file=sys.stderr)
 
 
 if __name__ == "__main__":

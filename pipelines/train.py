@@ -133,6 +133,7 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         # no second head-only phase.
         history = finetune.fit(model, {} if start else spec, train_ds, validation_data=val_ds,
                                epochs=int(tp["epochs"]), class_weight=weights, callbacks=callbacks, verbose=2,
+                               shuffle=False,  # train_ds shuffles itself (pipelines.data); Keras warns otherwise
                                steps_per_epoch=steps if sampling == "balanced" else None)
         seconds = time.perf_counter() - started
         hist = {k: [float(x) for x in v] for k, v in history.history.items()}
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     if "skipped" in info:
         print(f"skipped {args.arch}: {info['skipped']}", file=sys.stderr)
         return
-    print(f"trained {args.arch}: {info['epochs_run']} epochs in {info['train_seconds']} s "
+    print(f"trained {args.arch}: {info['epochs_run']} epochs in {info['train_seconds']:.1f} s "
           f"(run {info['run_id']})", file=sys.stderr)
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 
 from pipelines.bounds import CaseBounds
 from pipelines.config import Paths, load_params, project_root
+from pipelines.datadocs import make_offline
 from pipelines.manifest import CORE_COLUMNS, SPLITS, read_labels, read_manifest, read_quarantine
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -326,6 +327,7 @@ class _GX:
         index = docs_dir / "index.html"
         if not index.is_file():
             raise RuntimeError(f"GE built no Data Docs index at {index}")
+        make_offline(docs_dir)  # GE's pages load CDN assets: point them at vendored copies
         return index
 
 

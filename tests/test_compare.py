@@ -301,3 +301,72 @@ def test_skipped_candidates_are_listed_not_ranked(
     with pytest.raises(ValueError, match="every candidate was skipped"):
         build_report({"warm_start": {"skipped": "x", "arch": "warm_start"}}, root / "plots", out,
                      "balanced_accuracy")
+
+
+def _calibrated(docs: dict[str, dict]) -> dict[str, dict]:
+    docs["cnn_medium"]["calibration"] = {
+        "target_precision": 0.9, "rule": "r", "note": None, "temperature": 1.37, "threshold": 0.62,
+        "val_coverage": 0.71, "val_accepted_accuracy": 0.91, "test_coverage": 0.68,
+        "test_accepted_accuracy": 0.9, "test_accepted": 41, "test_n": 60, "reachable": True}
+    return docs
+
+
+def test_compute_then_render(project: tuple[dict[str, dict], Path], tmp_path: Path) -> None:
+    """Computing writes no page; rendering the same Report writes what build_report writes."""
+    docs, plots = project
+    report = compare.compute_report(docs, plots, tmp_path / "a", "balanced_accuracy")
+    assert not (tmp_path / "a" / "compare.html").exists() and not (tmp_path / "a" / "compare.md").exists()
+    compare.write_report(report, tmp_path / "a")
+    build_report(docs, plots, tmp_path / "b", "balanced_accuracy")
+    for name in ("compare.md", "compare.json", "compare.html"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
+
+
+def test_html_summary_reads_quality_first(project: tuple[dict[str, dict], Path], tmp_path: Path) -> None:
+    docs, plots = project
+    build_report(docs, plots, tmp_path, "balanced_accuracy")
+    page = (tmp_path / "compare.html").read_text()
+    summary = page.split('id="summary"', 1)[1].split("</table>", 1)[0]
+    headers = re.findall(r"<th>([^<]*)</th>", summary)
+    assert headers[:4] == ["Rank", "Architecture", "Accuracy", "Balanced acc. ★"]
+    assert headers.index("Params") > headers.index("ECE (lower is better)")
+    assert "Test-split metrics" in summary
+    # Many-panel plots span the page; the Markdown keeps its column order (cost first).
+    assert page.count('<figure class="wide">') == 3 * len(compare.WIDE_PLOTS)
+    md_header = next(line for line in (tmp_path / "compare.md").read_text().split("## Summary", 1)[1]
+                     .splitlines() if line.startswith("| Rank"))
+    assert md_header.index("Params") < md_header.index("Accuracy")
+
+
+def test_calibration_is_shown_when_present(project: tuple[dict[str, dict], Path], tmp_path: Path) -> None:
+    docs, plots = project
+    build_report(docs, plots, tmp_path / "plain", "balanced_accuracy")
+    assert "Calibration and abstention" not in (tmp_path / "plain" / "compare.md").read_text()
+    build_report(_calibrated(docs), plots, tmp_path / "cal", "balanced_accuracy")
+    md = (tmp_path / "cal" / "compare.md").read_text()
+    section = md.split("## Calibration and abstention", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| cnn_medium"))
+    assert "| 1.370 | 0.620 | 0.900 | 0.710 | 0.910 | 0.680 | 0.900 |" in row
+    assert "cnn_small" not in section  # only calibrated archs get a row
+    assert "<th>Test accepted acc.</th>" in (tmp_path / "cal" / "compare.html").read_text()
+
+
+def test_html_renders_in_a_browser_with_the_network_blocked(project: tuple[dict[str, dict], Path],
+                                                            tmp_path: Path) -> None:
+    from browser import offline_browser, open_offline
+
+    docs, plots = project
+    build_report(_calibrated(docs), plots, tmp_path, "balanced_accuracy")
+    with offline_browser() as browser:
+        page = open_offline(browser, tmp_path / "compare.html")
+        assert page.blocked == [] and page.errors == [] and page.failed == []
+        # The template's style sheet applied, the plots decoded, the tables filled.
+        assert page.eval("() => getComputedStyle(document.querySelector('table')).borderCollapse") == "collapse"
+        assert page.eval("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        assert page.eval("() => document.images.length") == 3 * 5 - 1
+        wide = page.eval("() => document.querySelector('figure.wide').getBoundingClientRect().width")
+        narrow = page.eval("() => document.querySelector('figure:not(.wide)').getBoundingClientRect().width")
+        assert wide > 1.8 * narrow  # learning curves / ROC / Grad-CAM span the page
+        assert page.eval("() => document.querySelectorAll('tbody tr').length") > 20
+        text = page.eval("() => document.body.innerText")
+        assert "Calibration and abstention" in text and "majority baseline (nevus)" in text

@@ -346,3 +346,105 @@ def test_take_in_without_a_drop_accepts_nothing_and_creates_the_folder(tmp_path)
     assert orchestrate.drop_waiting(drop) is False
     (drop / "labels.csv").write_text("file,label\n")
     assert orchestrate.drop_waiting(drop) is True
+
+
+# ---------------------------------------------------------------- schedule, trigger form, stop
+
+def test_unpausing_schedules_the_next_slot_not_a_missed_one(retrain):
+    """No start_date and a zero run_immediately window: the first run is in the future."""
+    from datetime import datetime, timezone
+
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    assert retrain.start_date is None and all(t.start_date is None for t in retrain.tasks)
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(retrain))
+    first = serialized.next_dagrun_info(last_automated_run_info=None)
+    now = datetime.now(timezone.utc)
+    assert now < first.run_after <= now + timedelta(days=7)
+
+
+def test_both_schedules_are_visible_in_the_dag_list(retrain):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    cron = (PARAMS.get("orchestration") or {}).get("schedule", orchestrate.DEFAULT_SCHEDULE)
+    timetable = DagSerialization.from_dict(DagSerialization.to_dict(retrain)).timetable
+    assert timetable.summary == f"Asset or {cron}"
+    # The UI's schedule column shows only the asset for an asset-or-time DAG: the name says both.
+    assert f"cron {cron}" in retrain.dag_display_name and "drop" in retrain.dag_display_name
+    assert f"cron {cron}" in retrain.description
+    assert "Unpausing" in retrain.doc_md
+
+
+def test_trigger_form_accepts_the_defaults_and_force_retrain(retrain):
+    """Every param validates at its default and with an emptied (null) field, as the form sends."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    assert retrain.params.validate()["s3_prefix"] is None
+    for conf in ({"force_retrain": True}, {"force_retrain": True, "s3_prefix": None, "drop_folder": None}):
+        params = ParamsDict({k: retrain.params.get_param(k) for k in retrain.params})
+        params.update(conf)
+        resolved = params.validate()
+        assert resolved["force_retrain"] is True
+    for name in ("drop_folder", "s3_prefix"):
+        assert "null" in retrain.params.get_param(name).schema["type"]
+
+
+FAKE_AIRFLOW = """#!/usr/bin/env bash
+# Stands in for `airflow standalone`: a component that exits on SIGINT, and a "task process" in a
+# process group of its own that ignores SIGINT/SIGTERM (the straggler only SIGKILL ends).
+echo $$ >> "$AIRFLOW_HOME/fake.pids"
+python3 -c 'import os, signal, time
+os.setpgid(0, 0); signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(os.environ["AIRFLOW_HOME"] + "/fake.pids", "a").write(f"{os.getpid()}\\n"); time.sleep(600)' &
+sleep 600 &
+echo $! >> "$AIRFLOW_HOME/fake.pids"
+trap 'exit 0' INT
+wait
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def test_airflow_stop_ends_the_whole_session(tmp_path):
+    """`make airflow-stop`'s script: SIGINT to the group, then SIGKILL for what is left."""
+    import time
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "airflow"
+    fake.write_text(FAKE_AIRFLOW)
+    fake.chmod(0o755)
+    home = tmp_path / "home"
+    env = {**os.environ, "MEDSCAN_VENV": str(venv), "AIRFLOW_HOME": str(home), "MEDSCAN_STOP_WAIT": "2"}
+    script = PROJECT / "scripts" / "airflow-standalone.sh"
+    started = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        pids_file = home / "fake.pids"
+        deadline = time.monotonic() + 30
+        while (not pids_file.exists() or len(pids_file.read_text().split()) < 3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = [int(p) for p in pids_file.read_text().split()]
+        assert len(pids) == 3 and all(_alive(p) for p in pids)
+        pgid = int((home / "standalone.pgid").read_text())
+        assert os.getpgid(pids[0]) == pgid != os.getpgid(0)  # its own group, not the caller's
+        again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+        assert again.returncode == 1 and "already running" in again.stderr
+        stop = subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert "SIGKILL" in stop.stdout and "stopped" in stop.stdout
+        assert not any(_alive(p) for p in pids)
+        assert not (home / "standalone.pgid").exists()
+        assert started.wait(timeout=30) is not None
+        idle = subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True, text=True, timeout=30)
+        assert idle.returncode == 0 and "not running" in idle.stdout
+    finally:
+        if started.poll() is None:
+            started.kill()

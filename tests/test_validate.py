@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from browser import offline_browser, open_offline
+from pipelines import datadocs
 from pipelines import validate as v
 from pipelines.bounds import CaseBounds
 from pipelines.manifest import CORE_COLUMNS, QUARANTINE_COLUMNS, write_labels, write_manifest
@@ -322,6 +324,57 @@ def test_data_docs_are_written(tmp_path: Path) -> None:
     assert pages == {("validations", "ham10000", b) for b in ("manifest", "class_counts", "quarantine_rate", "labels")}
     manifest_page = next(docs.glob("validations/ham10000/manifest/**/*.html")).read_text(encoding="utf-8")
     assert "foo" in manifest_page  # the unexpected value is shown in the GE page
+
+
+def test_data_docs_have_no_remote_assets(tmp_path: Path) -> None:
+    docs = tmp_path / "data_docs"
+    run_ham(make_manifest(), docs_dir=docs)
+    pages = sorted(docs.rglob("*.html"))
+    assert pages
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        assert datadocs.remote_assets(html) == [], page
+        assert "newsletter" not in html.lower() and "amazonaws" not in html
+    assert (docs / datadocs.SITE_VENDOR / "jquery" / "3.7.1" / "jquery.min.js").is_file()
+
+
+def test_make_offline_names_an_unknown_remote_asset(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text(
+        '<html><head><script src="https://cdn.example.org/new-lib.js"></script></head></html>', encoding="utf-8")
+    with pytest.raises(RuntimeError, match="index.html: https://cdn.example.org/new-lib.js"):
+        datadocs.make_offline(tmp_path)
+
+
+def test_offline_page_rewrites_relative_to_each_page(tmp_path: Path) -> None:
+    url = "https://code.jquery.com/jquery-3.7.1.min.js"
+    html = f'<script src="{url}" integrity="sha384-x" crossorigin="anonymous"></script>'
+    deep = tmp_path / "validations" / "a" / "b.html"
+    out = datadocs.offline_page(html, deep, tmp_path)
+    assert out == '<script src="../../static/vendor/jquery/3.7.1/jquery.min.js"></script>'
+
+
+def test_data_docs_render_in_a_browser_with_the_network_blocked(tmp_path: Path) -> None:
+    """Index and a validation page: nothing requested from outside, styled, tables filled by JS."""
+    docs = tmp_path / "data_docs"
+    df = make_manifest()
+    df.loc[0, "label"] = "foo"
+    run_ham(df, docs_dir=docs)
+    result_page = next(docs.glob("validations/ham10000/manifest/**/*.html"))
+    with offline_browser() as browser:
+        for html, min_rows in ((docs / "index.html", 4), (result_page, 1)):
+            page = open_offline(browser, html)
+            assert page.blocked == [], html
+            assert page.errors == [], html
+            assert [u for u in page.failed if u.startswith("file:")] == [], html  # a vendored file missing
+            # Bootstrap applied (a plain page has a block navbar) and Font Awesome's font loaded.
+            assert page.eval("() => getComputedStyle(document.querySelector('.navbar')).display") == "flex"
+            assert page.eval("() => document.fonts.check('900 16px \"Font Awesome 6 Free\"')")
+            rows = page.eval("() => Math.max(...[...document.querySelectorAll('table')]"
+                             ".map(t => t.querySelectorAll('tbody tr').length))")
+            assert rows >= min_rows, html
+            text = page.eval("() => document.body.innerText")
+            assert "No matching records" not in text
+        assert "ham10000.manifest" in open_offline(browser, docs / "index.html").eval("() => document.body.innerText")
 
 
 def _project(tmp_path: Path, df: pd.DataFrame) -> Path:
