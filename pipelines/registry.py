@@ -122,6 +122,19 @@ def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]
 
     Raises ArtifactMissing (naming version and artifact) when its files are gone.
     """
+    model, info, _ = load_served(name, version)
+    return model, info
+
+
+def load_served(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any], Any]:
+    """(keras model, train_info, ModelContract) of a registered version.
+
+    The registered model is the pyfunc (pipelines.pyfunc): the Keras model and the calibrated
+    contract are read from its artifacts. A version registered before (the plain TensorFlow
+    flavor) gets the contract its train_info implies, uncalibrated and never abstaining.
+    """
+    from pipelines.contract import from_train_info, load
+
     info = download_json(name, version, "medscan/train_info.json")
     if info is None:
         where = MlflowClient().get_run(version.run_id).info.artifact_uri
@@ -129,12 +142,18 @@ def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]
                        FileNotFoundError(f"not found under {where}: deleted, or never logged"))
     import pipelines.zoo  # noqa: F401  (registers the zoo's custom layers for deserialisation)
 
+    uri = f"models:/{name}/{version.version}"
     try:
-        model = mlflow.tensorflow.load_model(f"models:/{name}/{version.version}",
-                                             keras_model_kwargs={"compile": False})
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            kept = sorted((local / "artifacts").glob("*.keras"))
+            if kept and (local / "artifacts" / "contract.json").exists():
+                return (pipelines.zoo.load_model(kept[0], compile=False), info,
+                        load(local / "artifacts" / "contract.json"))
+            model = mlflow.tensorflow.load_model(str(local), keras_model_kwargs={"compile": False})
     except (MlflowException, OSError, ValueError) as exc:
-        raise _missing(name, version, f"models:/{name}/{version.version} (logged model)", exc) from exc
-    return model, info
+        raise _missing(name, version, f"{uri} (logged model)", exc) from exc
+    return model, info, from_train_info(info)
 
 
 def describe(client: MlflowClient, name: str) -> dict[str, Any]:
