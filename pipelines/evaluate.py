@@ -24,7 +24,7 @@ from pipelines import tracking
 from pipelines.bootstrap import metric_intervals
 from pipelines.calibration import calibration_report
 from pipelines.config import Paths, load_params, project_root
-from pipelines.contract import ModelContract, for_model_dir
+from pipelines.contract import ModelContract, as_contract, for_model_dir
 from pipelines.contract import save as save_contract
 from pipelines.gradcam import gradcam, save_gradcam_grid
 from pipelines.inference import label_indices, load_bundle, predict_frame
@@ -66,7 +66,7 @@ def render_gradcam(model, contract: ModelContract, sample: pd.DataFrame, root: P
 def score_split(model, info: ModelContract | Mapping[str, Any], frame: pd.DataFrame, root: Path,
                 train_labels: np.ndarray, ep: Mapping[str, Any]) -> tuple[np.ndarray, dict, dict]:
     """(probabilities, metrics with `ci95`, majority baseline) of one split."""
-    classes = info["classes"]
+    classes = list(as_contract(info).classes)
     probs = predict_frame(model, info, frame, root)
     y_true = label_indices(frame, classes)
     top_k = resolve_top_k(ep.get("top_k", "auto"), len(classes))
