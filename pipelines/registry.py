@@ -35,17 +35,33 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         return None
 
 
+def latest_logged_model(client: MlflowClient, run_id: str, model: str = "model") -> str | None:
+    """The id of the run's newest logged model named `model` (evaluate logs the calibrated pyfunc;
+    a re-run of evaluate on the same run logs a newer one, and that is the one to register)."""
+    experiment = client.get_run(run_id).info.experiment_id
+    found = [m for m in client.search_logged_models([experiment], filter_string=f"name = '{model}'",
+                                                    order_by=[{"field_name": "creation_time", "ascending": False}])
+             if m.source_run_id == run_id]
+    return found[0].model_id if found else None
+
+
 def register(client: MlflowClient, name: str, run_id: str, tags: Mapping[str, str]) -> ModelVersion:
-    """Register the run's logged model (once: a run already registered returns its version)."""
+    """Register the run's newest logged model "model" (once: registered already returns its version)."""
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Medscan diagnostic-support classifier")
+    model_id = latest_logged_model(client, run_id)
     for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        source = str(existing.source or "")
+        registered = existing.model_id or (source[len("models:/"):] if source.startswith("models:/m-") else None)
+        if model_id is not None and registered not in (None, model_id):
+            continue   # an older logged model of this run (before evaluate re-ran)
         for key, value in tags.items():
             client.set_model_version_tag(name, existing.version, key, str(value))
         return client.get_model_version(name, existing.version)
-    version = mlflow.register_model(f"runs:/{run_id}/model", name, tags={k: str(v) for k, v in tags.items()})
+    source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/model"
+    version = mlflow.register_model(source, name, tags={k: str(v) for k, v in tags.items()})
     return client.get_model_version(name, version.version)
 
 

@@ -94,6 +94,15 @@ def test_pyfunc_champion_predicts_in_process_and_loads_back_as_keras(tmp_path, m
     assert isinstance(model, keras.Model) and info["classes"] == CLASSES
     assert loaded.temperature == 1.5 and loaded.abstain_threshold == 0.3
 
+    # evaluate re-run on the same run (a new abstention target): promote registers the newer pyfunc
+    with mlflow.start_run(run_id=version.run_id):
+        log_pyfunc(tmp_path / "model.keras", contract.calibrated(2.0, 0.4, 0.95), tmp_path)
+    client = MlflowClient()
+    newer = registry.register(client, NAME, version.run_id, {})
+    assert newer.version != version.version and newer.run_id == version.run_id
+    assert registry.register(client, NAME, version.run_id, {}).version == newer.version
+    assert registry.load_served(NAME, newer)[2].temperature == 2.0
+
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(tmp_path, mlflow_store):
