@@ -5,6 +5,11 @@ selects on), `test` (reported only, never used to choose) and their baselines, e
 95% group-bootstrap interval (`ci95`); plus plots/<arch>/ (confusion matrix, ROC, reliability,
 learning curves, Grad-CAM, all on test) and logs both to the architecture's MLflow run. Every
 architecture is scored on the same rows.
+
+Calibration (pipelines/calibration.py): a temperature and an abstention threshold are fitted on
+val (`evaluate.abstain_target_precision`), reported on test in `calibration`, written into the
+model's contract and logged with it as the MLflow pyfunc "model" (pipelines/pyfunc.py): that
+calibrated pyfunc is what promote registers.
 """
 from __future__ import annotations
 

@@ -2,7 +2,10 @@
 
 `python -m pipelines.serve IMG [IMG ...] [--age 60 --sex male --localization back]` prints JSON;
 `--http PORT` serves POST /predict (raw image bytes, metadata as query parameters) on 127.0.0.1.
-A non-image upload gets a clear error, never a crash of the server.
+A non-image upload gets a clear error, never a crash of the server; so does invalid metadata (a
+non-numeric or out-of-range age, an unknown sex or site), naming the field. Inputs go through
+pipelines.model_inputs, the path evaluate and the registered MLflow pyfunc use; answers carry
+calibrated probabilities, readable names and `abstain` (pipelines.contract).
 
 Bad input never ends a batch: a missing file, a directory or a non-image is reported as that
 image's error entry (and one stderr line) while the others are predicted; the exit status is
