@@ -162,3 +162,23 @@ def test_bytes_path_equals_evaluate_predict_frame(tmp_path, tta):
     assert answered["probability"] == pytest.approx(expected.max(), abs=1e-5)
     with pytest.raises(InvalidInput, match="^image:"):
         model_inputs(c, [b"not an image"], None)
+
+
+def test_serve_predictor_batches_and_reports_bad_metadata_by_field():
+    from pipelines.serve import Predictor
+    from pipelines.zoo import build_model
+
+    c = ham_contract().calibrated(1.0, 0.99, 0.9)
+    keras.utils.set_random_seed(0)
+    model = build_model({"builder": "custom_cnn", "conv_blocks": 1, "filters": 4, "dropout": 0.0},
+                        (24, 24, 3), len(CLASSES), len(c.metadata_features))
+    predictor = Predictor(model, {}, "medscan-ham10000/1", c)
+    jpeg = _sources(1)[0][0]
+    good, bad = predictor.predict([jpeg, b"junk"], {"age": 60, "sex": "male"}, k=3)
+    assert good["model"] == "medscan-ham10000/1" and len(good["top"]) == 3 and good["abstain"] is True
+    assert bad["error"] == "not_an_image"
+    assert predictor.predict([jpeg], {"age": "inf"}) == [
+        {"error": "invalid_metadata", "field": "age", "detail": "must be within bounds.age_range [0, 110]"}]
+    assert predictor.predict_one(jpeg, {"age": 60, "sex": "male"}, k=3)["top"] == good["top"]
+    with pytest.raises(InvalidInput, match="^sex:"):
+        predictor.predict_one(jpeg, {"sex": "alien"})
