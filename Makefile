@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (Python 3.11, no GPU, PyPI only):
 #   make demo   install, then run the whole pipeline on the embedded synthetic data
 #   make test   install, then run the test suite (what .ci/run calls)
+#   make serve  the clinician web app on http://127.0.0.1:8000 (serves the registry's champion)
 #   make real DATASET=<ham10000|malaria|dermnet> DATA=<root of the native layout>
 #               train the recommended configuration (configs/<dataset>.yaml) and promote a champion
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test real lock mlflow-ui airflow bench clean
+.PHONY: install demo test real lock serve mlflow-ui airflow bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,10 @@ real: install
 
 lock:
 	$(BIN)/uv pip compile -q requirements.in -o requirements.lock --python-version 3.11
+
+# The clinician app on 127.0.0.1:8000 (MEDSCAN_PORT overrides; MEDSCAN_ADMIN_PASSWORD seeds the first admin).
+serve: install
+	python -m pipelines.webapp
 
 mlflow-ui: install
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import config
-from pipelines.metrics import json_safe
+from pipelines.metrics import LOWER_IS_BETTER, json_safe
 
 REPORT_DIRNAME = "compare"
 MD_NAME, HTML_NAME, JSON_NAME = "compare.md", "compare.html", "compare.json"
@@ -54,7 +54,6 @@ PROFILE_KEYS: tuple[str, ...] = (
     "params", "flops", "size_mb", "latency_ms_p50", "latency_ms_p95", "throughput_ips",
 )
 TRAINING_KEYS: tuple[str, ...] = ("train_seconds", "epochs_run", "best_epoch", "image_size", "run_id")
-LOWER_IS_BETTER: frozenset[str] = frozenset({"ece"})
 PLOTS: tuple[tuple[str, str], ...] = (
     ("learning_curves.png", "Learning curves"),
     ("confusion_matrix.png", "Confusion matrix"),
@@ -647,11 +646,11 @@ def build_report(
 
 
 def main() -> None:
-    """DVC entry point: compare the archs listed in params `architectures`."""
+    """DVC entry point: compare the archs listed in params `architectures` and the ensemble."""
     params = config.load_params()
     paths = config.Paths(config.project_root())
-    archs = list(params.get("architectures") or [])
-    if not archs:
+    archs = config.candidates(params)
+    if not params.get("architectures"):
         raise ValueError("params.yaml lists no `architectures` to compare")
     metrics_by_arch: dict[str, dict] = {}
     for arch in archs:

@@ -5,6 +5,7 @@ Stages run with the project root as the working directory (DVC does that); tests
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ from typing import Any
 import yaml
 
 PARAMS_FILE = "params.yaml"
+# Candidates assembled from other candidates' models and metrics (pipelines/assemble.py). They live
+# under derived/ so that their DVC stage can depend on the whole models/ and metrics/ folders
+# without a cycle (a stage cannot depend on a folder holding its own output).
+ENSEMBLE = "ensemble"
+DERIVED: tuple[str, ...] = (ENSEMBLE,)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,11 @@ class Paths:
     @property
     def quarantine(self) -> Path:
         return self.data / "quarantine.csv"
+
+    @property
+    def ignored(self) -> Path:
+        """What the source holds that is not a case (unread folders, FIFOs, extra frames), with reasons."""
+        return self.data / "ignored.csv"
 
     @property
     def labels(self) -> Path:
@@ -77,19 +88,33 @@ class Paths:
     def promotion(self) -> Path:
         return self.reports / "promotion.json"
 
+    def _candidates(self, arch: str) -> Path:
+        return self.root / "derived" if arch in DERIVED else self.root
+
     def model_dir(self, arch: str) -> Path:
-        return self.root / "models" / arch
+        return self._candidates(arch) / "models" / arch
 
     def train_fingerprint(self, arch: str) -> Path:
         """sha256 of every image the model trained or early-stopped on (train + val): the gate
         excludes them from the images it compares champion and challenger on."""
         return self.model_dir(arch) / "train_fingerprint.json"
 
+    def skipped(self, arch: str) -> Path:
+        """Written instead of a model by a candidate that did not train (a warm start with no
+        champion): evaluate then writes {"skipped": reason, "arch": arch} as its metrics."""
+        return self.model_dir(arch) / "skipped.json"
+
     def metrics_file(self, arch: str) -> Path:
-        return self.root / "metrics" / f"{arch}.json"
+        return self._candidates(arch) / "metrics" / f"{arch}.json"
 
     def plots_dir(self, arch: str) -> Path:
         return self.root / "plots" / arch
+
+    @property
+    def webapp_state(self) -> Path:
+        """The clinician app's private state (git-ignored): users.sqlite, the session key, the
+        generated first-admin password and the audit log, all created with 0600 permissions."""
+        return self.root / ".medscan-app"
 
     @property
     def mlflow_db(self) -> Path:
@@ -103,6 +128,12 @@ class Paths:
 def project_root() -> Path:
     """The project checkout: MEDSCAN_ROOT if set, else the working directory."""
     return Path(os.environ.get("MEDSCAN_ROOT", os.getcwd())).resolve()
+
+
+def candidates(params: Mapping[str, Any]) -> list[str]:
+    """What compare ranks and promote may pick: the trained `architectures`, then each derived
+    candidate that params.yaml configures (a section of its name, e.g. `ensemble:`)."""
+    return [*(params.get("architectures") or []), *(d for d in DERIVED if d in params)]
 
 
 def load_params(root: Path | None = None) -> dict[str, Any]:

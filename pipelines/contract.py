@@ -129,7 +129,9 @@ def as_contract(info: ModelContract | Mapping[str, Any]) -> ModelContract:
     return info if isinstance(info, ModelContract) else from_train_info(info)
 
 
-def for_model_dir(model_dir: Path, info: Mapping[str, Any]) -> ModelContract:
-    """models/<arch>/contract.json, or the one its train_info implies when there is none."""
+def for_model_dir(model_dir: Path, info: Mapping[str, Any],
+                  params: Mapping[str, Any] | None = None) -> ModelContract:
+    """models/<arch>/contract.json, or the one its train_info (and params) imply when there is none
+    (an ensemble written by pipelines.assemble)."""
     path = model_dir / FILE
-    return load(path) if path.exists() else from_train_info(info)
+    return load(path) if path.exists() else from_train_info(info, params)

@@ -85,10 +85,22 @@ def score_split(model, info: ModelContract | Mapping[str, Any], frame: pd.DataFr
     return probs, results, baseline
 
 
+def write_skipped(paths: Paths, arch: str) -> dict[str, Any]:
+    """metrics/<arch>.json says why there is nothing to score; compare leaves it out."""
+    marker = json.loads(paths.skipped(arch).read_text(encoding="utf-8"))
+    report = {"skipped": marker["skipped"], "arch": arch}
+    paths.metrics_file(arch).parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics_file(arch).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    paths.plots_dir(arch).mkdir(parents=True, exist_ok=True)  # a declared DVC output
+    return report
+
+
 def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     ep = params["evaluate"]
+    if paths.skipped(arch).exists():  # a candidate that did not train (warm start, no champion)
+        return write_skipped(paths, arch)
     model, info = load_bundle(paths.model_dir(arch))
-    contract = for_model_dir(paths.model_dir(arch), info)
+    contract = for_model_dir(paths.model_dir(arch), info, params)
     classes = info["classes"]
     # Profile first: Grad-CAM's sub-model adds graph nodes that make the model unsaveable.
     profile = profile_model(model, metadata_dim=len(info.get("metadata_features", [])))
@@ -161,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = project_root()
     report = evaluate(args.arch, Paths(root), load_params(root))
+    if "skipped" in report:
+        print(f"{args.arch}: skipped ({report['skipped']})", file=sys.stderr)
+        return
     t, v = report["test"], report["val"] or {}
     print(f"{args.arch}: val balanced accuracy {v.get('balanced_accuracy')} (selects); test (reports): "
           f"accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, "

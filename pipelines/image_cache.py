@@ -72,7 +72,7 @@ class ImageCache:
                 sha = rec["sha256"]
                 stored = (int(rec["stored_width"]), int(rec["stored_height"]))
                 info = ImageInfo(sha, int(rec["width"]), int(rec["height"]), rec["mode"], rec["format"],
-                                 self.dir / stored_name(sha), stored)
+                                 self.dir / stored_name(sha), stored, int(rec["frames"]))
             except (ValueError, KeyError, TypeError):
                 continue
             known[info.sha256] = info
@@ -90,7 +90,7 @@ class ImageCache:
         lines = "".join(
             json.dumps({
                 "sha256": i.sha256, "width": i.width, "height": i.height, "mode": i.mode,
-                "format": i.format, "stored_width": i.stored_size[0], "stored_height": i.stored_size[1],
+                "format": i.format, "stored_width": i.stored_size[0], "stored_height": i.stored_size[1], "frames": i.frames,
             }) + "\n"
             for i in fresh.values()
         )

@@ -16,6 +16,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import stat
 import tempfile
 import warnings
 import zlib
@@ -47,6 +49,7 @@ class ImageRejected(Exception):
     """A file that must not enter the data set; `reason` is an `ImageReason` value."""
 
     def __init__(self, reason: ImageReason, detail: str = "", sha256: str = "") -> None:
+        detail = stable_detail(detail)
         super().__init__(f"{reason}: {detail}" if detail else str(reason))
         self.reason = reason
         self.detail = detail
@@ -55,6 +58,16 @@ class ImageRejected(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         """Keep the fields when the exception crosses a process-pool boundary."""
         return (type(self), (self.reason, self.detail, self.sha256))
+
+
+# PIL names the in-memory buffer in its messages (`<_io.BytesIO object at 0x7f...>`): an address
+# that differs on every run would make two ingests of the same input write different quarantines.
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def stable_detail(text: str) -> str:
+    """A rejection detail without memory addresses, so the same input gives the same bytes."""
+    return _OBJECT_REPR.sub("the file", text)
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class ImageInfo:
     format: str  # detected format, e.g. JPEG, PNG (never trust the extension)
     stored_path: Path | None  # normalised PNG, or None when only probing
     stored_size: tuple[int, int]
+    frames: int = 1  # frames in the file (GIF, TIFF, MPO); only the first is the case
 
 
 # Formats that carry high bit depths with no palette: scale to 8 bits instead of clipping.
@@ -90,7 +104,8 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 #   level 1 + Z_RLE (chosen):   HAM 2.1 ms 34 KiB, DermNet 2.8 ms 68 KiB, malaria 0.9 ms 13.1 KiB
 PNG_SAVE_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 # Bump when a change here alters the bytes of a normalised copy: it invalidates the ingest cache.
-NORMALISATION_VERSION = 1
+# 2: the cache index records `frames` (the stored bytes are those of version 1).
+NORMALISATION_VERSION = 2
 
 
 def normalisation_digest(store_max_side: int) -> str:
@@ -118,9 +133,18 @@ def read_source(src: Path | bytes) -> bytes:
     if isinstance(src, bytes):
         return src
     try:
-        return Path(src).read_bytes()
+        # O_NOFOLLOW: a symlink is never read through (scans hand over real paths); O_NONBLOCK:
+        # opening a FIFO returns at once, and fstat then refuses it before any read could block.
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise ImageRejected(ImageReason.UNREADABLE_FILE, f"{type(exc).__name__}: {exc}") from exc
+        raise ImageRejected(ImageReason.UNREADABLE_FILE, f"{type(exc).__name__}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageRejected(ImageReason.UNREADABLE_FILE, "not a regular file: never read")
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise ImageRejected(ImageReason.UNREADABLE_FILE, f"{type(exc).__name__}: {exc.strerror}") from exc
 
 
 def stored_name(sha256: str) -> str:
@@ -140,9 +164,9 @@ def normalize_image(
     nothing; `img.load()` then forces a full decode so truncated files are caught here, not in
     the middle of training.
     """
-    sha, img, (width, height), rgb = _normalised(src, limits)
+    sha, img, (width, height), frames, rgb = _normalised(src, limits)
     stored = _write_png(rgb, out_dir / stored_name(sha)) if out_dir is not None else None
-    return ImageInfo(sha, width, height, img.mode, img.format or "", stored, rgb.size)
+    return ImageInfo(sha, width, height, img.mode, img.format or "", stored, rgb.size, frames)
 
 
 def normalized_pixels(src: Path | bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
@@ -151,13 +175,13 @@ def normalized_pixels(src: Path | bytes, limits: ImageLimits = ImageLimits()) ->
     Serving feeds uploads through this, so a model sees exactly what ingest stored for training
     (PNG is lossless: decoding the stored copy gives these same bytes). Raises ImageRejected.
     """
-    return np.asarray(_normalised(src, limits)[3], dtype=np.uint8)
+    return np.asarray(_normalised(src, limits)[4], dtype=np.uint8)
 
 
 def _normalised(src: Path | bytes, limits: ImageLimits
-                ) -> tuple[str, Image.Image, tuple[int, int], Image.Image]:
+                ) -> tuple[str, Image.Image, tuple[int, int], int, Image.Image]:
     """(sha256 of the original bytes, the opened original, its size as stored in the file (before
-    a JPEG draft shrinks it), its normalised RGB copy)."""
+    a JPEG draft shrinks it), its frame count, its normalised RGB copy)."""
     data = read_source(src)
     if not data:
         raise ImageRejected(ImageReason.EMPTY_FILE, "0 bytes")
@@ -165,12 +189,13 @@ def _normalised(src: Path | bytes, limits: ImageLimits
     try:
         img = _open_checked(data, limits)
         size = img.size
+        frames = max(1, int(getattr(img, "n_frames", 1) or 1))
         _decode(img, limits)
         rgb = _upright(_downsize(_to_rgb(img), limits.store_max_side), _orientation(img))
     except ImageRejected as exc:
         exc.sha256 = sha
         raise
-    return sha, img, size, rgb
+    return sha, img, size, frames, rgb
 
 
 def try_normalize(

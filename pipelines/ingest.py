@@ -4,9 +4,13 @@ Writes, relative to the project root:
   data/images/<sha256>.png   normalised RGB copies, exactly one per manifest row (stale ones removed)
   data/manifest.parquet      manifest.CORE_COLUMNS, then the adapter's metadata columns
   data/quarantine.csv        everything offered that did not make it, with a reason
+  data/ignored.csv           what the source holds that is not a case (unread folders, stray files,
+                             links to folders, FIFOs, frames after the first), with a reason
   data/labels.json           classes present, in the adapter's canonical order
 
-Every candidate ends in the manifest or the quarantine: nothing is silently lost. Each case is
+Every candidate ends in the manifest or the quarantine, everything else the source holds in the
+ignored list: nothing is silently lost. A symlink leaving the data root is quarantined, never read.
+An intake case whose file is not the sha256 cases.csv claims is quarantined `sha256_mismatch`. Each case is
 held to params.yaml `bounds:` (pipelines.bounds): an impossible age or image size is quarantined
 here with its reason, so one bad delivery never fails the validate stage for everybody.
 
@@ -35,13 +39,15 @@ from tqdm import tqdm
 from pipelines.bounds import CaseBounds, screen_candidates
 from pipelines.config import Paths, load_params, project_root, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
-from pipelines.datasets.base import Candidate, Rejected, SourceReason, resolve_duplicates
+from pipelines.datasets.base import Candidate, IgnoreReason, Rejected, SourceReason, resolve_duplicates
 from pipelines.image_cache import ImageCache, reuse_or_normalize
 from pipelines.images import ImageInfo, ImageLimits, ImageRejected, stored_name
 from pipelines.intake import intake_dir_for, scan_cases
 from pipelines.manifest import (
     CORE_COLUMNS,
+    IgnoredEntry,
     QuarantineEntry,
+    write_ignored,
     write_labels,
     write_manifest,
     write_quarantine,
@@ -62,6 +68,8 @@ class IngestSummary:
     accepted: int
     quarantined: int
     by_reason: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0  # entries of data/ignored.csv
+    ignored_by_reason: dict[str, int] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -76,8 +84,10 @@ class IngestSummary:
 
     def line(self) -> str:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.by_reason.items())) or "none"
+        ignored = ", ".join(f"{k}={v}" for k, v in sorted(self.ignored_by_reason.items())) or "none"
         return (
-            f"ingest {self.adapter}: {self.accepted} accepted, {self.quarantined} quarantined ({reasons}); "
+            f"ingest {self.adapter}: {self.accepted} accepted, {self.quarantined} quarantined ({reasons}), "
+            f"{self.ignored} ignored ({ignored}); "
             f"{self.candidates} images hashed ({self.decoded} decoded, {self.reused} reused from the cache) "
             f"at {self.images_per_s:.1f} images/s with {self.workers} worker(s), {self.seconds:.1f} s in all"
         )
@@ -121,7 +131,8 @@ def ingest(
     quarantine = sorted(
         scan.quarantine + out_of_bounds + rejected, key=lambda e: (e.source_path, e.reason, e.detail)
     )
-    classes = write_outputs(adapter, accepted, quarantine, paths, cache)
+    ignored = sorted(scan.ignored + extra_frames(accepted), key=lambda e: (e.source_path, e.reason, e.detail))
+    classes = write_outputs(adapter, accepted, quarantine, paths, cache, ignored)
     reused = sum(1 for o in outcomes if isinstance(o, ImageInfo) and o.sha256 in known)
     summary = IngestSummary(
         adapter=adapter.name,
@@ -129,6 +140,8 @@ def ingest(
         accepted=len(accepted),
         quarantined=len(quarantine),
         by_reason=dict(Counter(str(e.reason) for e in quarantine)),
+        ignored=len(ignored),
+        ignored_by_reason=dict(Counter(str(e.reason) for e in ignored)),
         classes=classes,
         seconds=time.perf_counter() - started,
         decode_seconds=decode_seconds,
@@ -213,11 +226,29 @@ def split_outcomes(
             quarantine.append(
                 QuarantineEntry(cand.source_path, outcome.reason, outcome.detail, outcome.sha256, cand.label)
             )
+        elif cand.expected_sha256 and cand.expected_sha256 != outcome.sha256:
+            detail = f"the source says sha256 {cand.expected_sha256[:80]!r}, the file's is {outcome.sha256}"
+            quarantine.append(
+                QuarantineEntry(cand.source_path, SourceReason.SHA256_MISMATCH, detail, outcome.sha256, cand.label)
+            )
         else:
             decoded.append((cand, outcome))
     kept, duplicates = resolve_duplicates(decoded, key=lambda a: a[1].sha256, label=lambda a: a[0].label)
     quarantine.extend(_duplicate_entry(rej) for rej in duplicates)
     return kept, quarantine
+
+
+def extra_frames(accepted: Sequence[Accepted]) -> list[IgnoredEntry]:
+    """Frames after the first of an accepted GIF/TIFF/MPO: not cases, but listed, not dropped."""
+    return [
+        IgnoredEntry(
+            cand.source_path,
+            IgnoreReason.EXTRA_FRAMES,
+            f"{info.frames - 1} frame(s) after the first not used (a case is frame 0 of {info.frames})",
+        )
+        for cand, info in accepted
+        if info.frames > 1
+    ]
 
 
 def _duplicate_entry(rej: Rejected[Accepted]) -> QuarantineEntry:
@@ -266,14 +297,16 @@ def write_outputs(
     quarantine: list[QuarantineEntry],
     paths: Paths,
     cache: ImageCache,
+    ignored: list[IgnoredEntry] | None = None,
 ) -> list[str]:
-    """Write manifest, quarantine and labels; the image store becomes exactly the manifest's
+    """Write manifest, quarantine, ignored list and labels; the image store becomes exactly the manifest's
     images, copied from the cache. Returns classes."""
     frame = manifest_frame(adapter, accepted, paths)
     present = set(frame["label"])
     classes = [c for c in adapter.classes if c in present]
     write_manifest(frame, paths.manifest)
     write_quarantine(quarantine, paths.quarantine)
+    write_ignored(list(ignored or []), paths.ignored)
     write_labels(classes, paths.labels)
     prune_images(paths.images, {stored_name(s) for s in frame["sha256"]})
     cache.materialise(frame["sha256"], paths.images)

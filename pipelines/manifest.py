@@ -29,6 +29,9 @@ CORE_COLUMNS: tuple[str, ...] = (
 METADATA_COLUMNS: tuple[str, ...] = ("age", "sex", "localization")
 
 QUARANTINE_COLUMNS: tuple[str, ...] = ("source_path", "reason", "detail", "sha256", "label")
+# What a source holds that is not a case at all (an unread folder, a FIFO, a GIF's later frames):
+# listed with a reason in data/ignored.csv, so nothing is dropped without a trace.
+IGNORED_COLUMNS: tuple[str, ...] = ("source_path", "reason", "detail")
 
 # The split stage's names, in the order every report lists them. Here, not in the split stage, because
 # train, evaluate and promote read the splits too and stages never import stages.
@@ -46,6 +49,15 @@ class QuarantineEntry:
     label: str = ""
 
 
+@dataclass(frozen=True)
+class IgnoredEntry:
+    """Something a source holds that is not offered as a case, and why it was left alone."""
+
+    source_path: str
+    reason: str          # e.g. unread_folder, stray_file, symlinked_dir, special_file, extra_frames
+    detail: str = ""
+
+
 def write_manifest(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(path, index=False)
@@ -58,6 +70,12 @@ def read_manifest(path: Path) -> pd.DataFrame:
 def write_quarantine(entries: list[QuarantineEntry], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([asdict(e) for e in entries], columns=list(QUARANTINE_COLUMNS))
+    frame.to_csv(path, index=False)
+
+
+def write_ignored(entries: list[IgnoredEntry], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame([asdict(e) for e in entries], columns=list(IGNORED_COLUMNS))
     frame.to_csv(path, index=False)
 
 

@@ -24,6 +24,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+# Metrics where smaller is better (ranking in compare and the ensemble's member choice).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"ece"})
 # Scalar keys of classification_metrics, in report order (top-k is added as top_{k}_accuracy).
 SCALAR_KEYS: tuple[str, ...] = (
     "accuracy",

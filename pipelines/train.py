@@ -4,6 +4,8 @@ Writes models/<arch>/ (model.keras, history.json, train_info.json, contract.json
 child run under the pipeline's parent run with params, per-epoch metrics and those files. The
 MLflow model itself (the pyfunc, pipelines/pyfunc.py) is logged by evaluate, once the contract
 carries the calibration fitted on validation: what promote registers is the calibrated model.
+A `warm_start` candidate (pipelines/warm_start.py) takes the same path from the registry
+champion's weights.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines import finetune, tracking
+from pipelines import finetune, tracking, warm_start
 from pipelines.config import Paths, load_params, project_root
 from pipelines.contract import from_train_info
 from pipelines.contract import save as save_contract
@@ -64,11 +66,17 @@ def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
 def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     """Train `arch`, write models/<arch>/, log to MLflow; returns train_info."""
     tp, dataset = params["train"], params["dataset"]["name"]
-    spec, size = input_size(params["zoo"][arch], int(tp["image_size"]))
-    keras.utils.set_random_seed(int(tp["seed"]))
     classes = read_labels(paths.labels)
+    start = warm_start.resolve(arch, paths, params, classes)  # None: an ordinary zoo architecture
+    if isinstance(start, warm_start.Skip):
+        return warm_start.write_skipped(paths, arch, start.reason)
+    if start is None:
+        spec, size = input_size(params["zoo"][arch], int(tp["image_size"]))
+        info = model_inputs_info(dataset, bool(tp["use_metadata"]))
+    else:
+        tp, spec, size, info = start.train_params, start.spec, start.image_size, start.inputs_info
+    keras.utils.set_random_seed(int(tp["seed"]))
     frames = read_splits(paths)
-    info = model_inputs_info(dataset, bool(tp["use_metadata"]))
     batch = int(tp["batch_size"])
 
     sampling = str(tp.get("sampling", "natural"))
@@ -91,7 +99,8 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     # mixed_bfloat16: bf16 compute, float32 weights and softmax (zoo heads); the policy is saved
     # with every layer, so evaluate and serve run the model the way it was trained.
     keras.mixed_precision.set_global_policy(tp.get("mixed_precision") or "float32")
-    model = build_model(spec, (size, size, 3), len(classes), len(info["metadata_features"]))
+    model = start.model if start else build_model(spec, (size, size, 3), len(classes),
+                                                  len(info["metadata_features"]))
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=make_loss(tp["loss"], gamma=float(tp.get("focal_gamma", 2.0)),
                                  label_smoothing=float(tp.get("label_smoothing", 0.0))),
@@ -106,6 +115,8 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     with mlflow.start_run(experiment_id=experiment, run_name=arch, parent_run_id=parent) as run:
         mlflow.set_tags({"medscan.arch": arch, "medscan.builder": spec["builder"],
                          "medscan.dataset": dataset})
+        if start:
+            warm_start.record(start, paths, arch)
         mlflow.log_params({**flat_params("train", tp), **flat_params("augment", params["augment"]),
                            **flat_params("zoo", spec), "dataset": dataset, "arch": arch,
                            **{f"split.{k}_size": len(v) for k, v in frames.items()},
@@ -120,8 +131,10 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
                 monitor="val_loss", factor=float(tp["reduce_lr_factor"]),
                 patience=int(tp["reduce_lr_patience"]), min_lr=float(tp.get("min_lr", 1e-6))))
         started = time.perf_counter()
-        history = finetune.fit(model, spec, train_ds, validation_data=val_ds, epochs=int(tp["epochs"]),
-                               class_weight=weights, callbacks=callbacks, verbose=2,
+        # A warm start continues the champion as it was saved (its frozen layers stay frozen):
+        # no second head-only phase.
+        history = finetune.fit(model, {} if start else spec, train_ds, validation_data=val_ds,
+                               epochs=int(tp["epochs"]), class_weight=weights, callbacks=callbacks, verbose=2,
                                steps_per_epoch=steps if sampling == "balanced" else None)
         seconds = time.perf_counter() - started
         hist = {k: [float(x) for x in v] for k, v in history.history.items()}
@@ -155,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = project_root()
     info = train(args.arch, Paths(root), load_params(root))
+    if "skipped" in info:
+        print(f"skipped {args.arch}: {info['skipped']}", file=sys.stderr)
+        return
     print(f"trained {args.arch}: {info['epochs_run']} epochs in {info['train_seconds']} s "
           f"(run {info['run_id']})", file=sys.stderr)
 

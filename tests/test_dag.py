@@ -32,13 +32,18 @@ AROUND = {"intake", "should_retrain", "publish", "record_outcome"}
 def literal_edges(architectures: list[str], demo_root: bool = True) -> set[tuple[str, str]]:
     """dvc.yaml's graph written out by hand: what each stage reads from which stage."""
     edges = {("ingest", "validate"), ("ingest", "split"), ("validate", "split"), ("compare", "promote"),
-             ("ingest", "promote"), ("split", "promote")}  # promote re-scores on data/images, splits
+             ("ingest", "promote"), ("split", "promote"),  # promote re-scores on data/images, splits
+             # the ensemble candidate: built from every arch's model and metrics, then evaluated
+             ("split", "ensemble"), ("ensemble", "evaluate_ensemble"), ("ingest", "evaluate_ensemble"),
+             ("split", "evaluate_ensemble"), ("evaluate_ensemble", "compare"), ("ensemble", "promote"),
+             ("evaluate_ensemble", "promote")}
     if demo_root:                       # dataset.root inside data/demo, the demo_data output
         edges.add(("demo_data", "ingest"))
     for arch in architectures:
         edges |= {("ingest", f"train@{arch}"), ("split", f"train@{arch}"), ("split", f"evaluate@{arch}"),
                   (f"train@{arch}", f"evaluate@{arch}"), (f"evaluate@{arch}", "compare"),
-                  ("ingest", f"evaluate@{arch}"), (f"train@{arch}", "promote"), (f"evaluate@{arch}", "promote")}
+                  ("ingest", f"evaluate@{arch}"), (f"train@{arch}", "promote"), (f"evaluate@{arch}", "promote"),
+                  (f"train@{arch}", "ensemble"), (f"evaluate@{arch}", "ensemble")}
     return edges
 
 
@@ -79,7 +84,8 @@ def test_dags_folder_imports_without_errors(dagbag):
 def test_one_task_per_dvc_stage_plus_intake_gate_publish_outcome(retrain, spec):
     stage_ids = {task_id(name) for name in spec.names}
     assert set(retrain.task_ids) == AROUND | stage_ids
-    literal = {"demo_data", "ingest", "validate", "split", "compare", "promote"} | {
+    literal = {"demo_data", "ingest", "validate", "split", "ensemble", "evaluate_ensemble", "compare",
+               "promote"} | {
         f"{family}.{arch}" for family in ("train", "evaluate") for arch in PARAMS["architectures"]}
     assert stage_ids == literal
     assert retrain.get_task(f"train.{PARAMS['architectures'][0]}").task_group.group_id == "train"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -315,3 +316,75 @@ def test_malaria_tfds_exports_once_to_the_folder_layout(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds, "builder", no_network)
     again = get_adapter("malaria_tfds").scan(tmp_path)
     assert [c.source_path for c in again.candidates] == [c.source_path for c in result.candidates]
+
+
+# ------------------------------------------------------------------ links, special files, what is not read
+
+
+def ignored(result: ScanResult) -> dict[str, str]:
+    return {e.source_path: str(e.reason) for e in result.ignored}
+
+
+def test_links_leaving_the_data_root_are_quarantined_links_inside_are_followed(tmp_path):
+    root = tmp_path / "malaria"
+    base = root / "cell_images"
+    inside = write_class_folders(base, {"Parasitized": 1, "Uninfected": 1})[1]
+    outside = write(tmp_path / "outside" / "x.png", image_bytes(50))
+    (base / "Parasitized" / "out.png").symlink_to(outside)
+    (base / "Parasitized" / "passwd.png").symlink_to("/etc/passwd")
+    (base / "Uninfected" / "dangling.png").symlink_to(base / "nothing.png")
+    (base / "Parasitized" / "again.png").symlink_to(inside)  # inside the root: followed
+    result = get_adapter("malaria").scan(root)
+    assert {e.source_path: str(e.reason) for e in result.quarantine} == {
+        "cell_images/Parasitized/out.png": "symlink_outside_root",
+        "cell_images/Parasitized/passwd.png": "symlink_outside_root",
+        "cell_images/Uninfected/dangling.png": "broken_symlink",
+    }
+    followed = next(c for c in result.candidates if c.source_path.endswith("again.png"))
+    assert followed.path == inside.resolve() and followed.label == "Parasitized"
+    assert all(not str(c.path).startswith(str(tmp_path / "outside")) for c in result.candidates)
+
+
+def test_ham_image_linked_out_of_the_root_never_becomes_a_candidate(tmp_path):
+    root = write_ham(tmp_path / "ham", [ham_row(1), ham_row(2)])
+    (root / "images" / "ISIC_0000002.jpg").unlink()
+    (root / "images" / "ISIC_0000002.jpg").symlink_to("/etc/passwd")
+    result = get_adapter("ham10000").scan(root)
+    assert image_ids(result) == ["ISIC_0000001"]
+    assert [(e.source_path, str(e.reason)) for e in result.quarantine] == [
+        ("images/ISIC_0000002.jpg", "symlink_outside_root"), ("HAM10000_metadata.csv", "missing_image")]
+
+
+def test_dermnet_folders_stray_files_links_and_fifos_are_listed_as_ignored(tmp_path):
+    root = tmp_path / "dermnet"
+    write_class_folders(root / "train", {DERMNET_ECZEMA: 2})
+    write_class_folders(root / "validation", {DERMNET_ECZEMA: 3})
+    write_class_folders(root / "Train", {DERMNET_ECZEMA: 1})
+    write(root / "README.txt", b"about this copy")
+    write(root / ".DS_Store", b"\0")
+    os.mkfifo(root / "train" / DERMNET_ECZEMA / "pipe.jpg")
+    (root / "train" / "Linked").symlink_to(root / "validation")
+    result = get_adapter("dermnet").scan(root)  # a read of the FIFO would block: never opened
+    assert len(result.candidates) == 2 and result.quarantine == []
+    assert ignored(result) == {
+        ".DS_Store": "hidden_file",
+        "README.txt": "stray_file",
+        "Train": "unread_folder",
+        "validation": "unread_folder",
+        f"train/{DERMNET_ECZEMA}/pipe.jpg": "special_file",
+        "train/Linked": "symlinked_dir",
+    }
+    details = {e.source_path: e.detail for e in result.ignored}
+    assert details["validation"].startswith("folder not read (3 file(s) inside)") and "case-sensitive" in details["Train"]
+    assert "FIFO" in details[f"train/{DERMNET_ECZEMA}/pipe.jpg"]
+
+
+def test_ham_and_malaria_list_what_their_layout_does_not_read(tmp_path):
+    ham = write_ham(tmp_path / "ham", [ham_row(1)])
+    write(ham / "notes.pdf", b"%PDF")
+    write(ham / "extra" / "a.jpg", image_bytes(3, "JPEG"))
+    assert ignored(get_adapter("ham10000").scan(ham)) == {"extra": "unread_folder", "notes.pdf": "stray_file"}
+    malaria = tmp_path / "malaria"
+    write_class_folders(malaria / "cell_images", {"Parasitized": 1})
+    write(malaria / "LICENSE", b"cc")
+    assert ignored(get_adapter("malaria").scan(malaria)) == {"LICENSE": "stray_file"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingest_factories import bomb_png, image_bytes, truncated, write
+from ingest_factories import bomb_png, image_bytes, noise, truncated, write
 from pipelines import images
 from pipelines.images import (
     ImageInfo,
@@ -201,3 +202,35 @@ def test_normalisation_digest_changes_with_what_decides_the_stored_bytes(monkeyp
     assert images.normalisation_digest(256) == base and images.normalisation_digest(128) != base
     monkeypatch.setattr(images, "NORMALISATION_VERSION", images.NORMALISATION_VERSION + 1)
     assert images.normalisation_digest(256) != base
+
+
+# ------------------------------------------------------------------ what is never read, and stable details
+
+
+def test_a_fifo_is_refused_without_blocking_and_a_symlink_is_never_read_through(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    rejected = images.try_normalize(fifo)  # a plain open() would block here forever
+    assert isinstance(rejected, images.ImageRejected) and rejected.reason == "unreadable_file"
+    assert rejected.detail == "not a regular file: never read"
+    real = tmp_path / "real.png"
+    real.write_bytes(image_bytes(1))
+    (tmp_path / "link.png").symlink_to(real)
+    via_link = images.try_normalize(tmp_path / "link.png")
+    assert isinstance(via_link, images.ImageRejected) and via_link.reason == "unreadable_file"
+    assert isinstance(images.try_normalize(real), images.ImageInfo)
+
+
+def test_rejection_details_carry_no_memory_address():
+    first = images.try_normalize(b"plain text, not an image")
+    second = images.try_normalize(b"plain text, not an image")
+    assert first.reason == "not_an_image" and first.detail == second.detail
+    assert "0x" not in first.detail and "BytesIO" not in first.detail
+
+
+def test_frames_are_counted_so_ingest_can_list_the_unused_ones():
+    frames = [Image.fromarray(noise((16, 12), seed)) for seed in (1, 2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:])
+    assert images.normalize_image(buf.getvalue()).frames == 2
+    assert images.normalize_image(image_bytes(3)).frames == 1

@@ -4,7 +4,9 @@ the manifest, and one bad input never disturbs the rest."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,11 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from ingest_factories import (
     bomb_png,
     ham_row,
     image_bytes,
+    noise,
     truncated,
     write,
     write_class_folders,
@@ -523,3 +527,79 @@ def test_dvc_style_deleted_outputs_are_rebuilt_from_the_cache(malaria, tmp_path,
     after = snapshot(again)
     pd.testing.assert_frame_equal(before.pop("manifest"), after.pop("manifest"))
     assert before == after
+
+
+# ------------------------------------------------------------------ hostile cases.csv, ignored list, byte-identity
+
+
+def test_cases_csv_paths_must_stay_inside_the_intake_folder_and_shas_must_match(tmp_path):
+    root = write_ham(tmp_path / "ham", [ham_row(1)])
+    intake_dir = ensure_intake_dir(tmp_path / "project" / "data" / "intake")
+    outside = write(tmp_path / "outside.jpg", image_bytes(91, "JPEG"))
+    good, liar = image_bytes(92, "JPEG"), image_bytes(93, "JPEG")
+    good_sha, liar_sha = hashlib.sha256(good).hexdigest(), hashlib.sha256(liar).hexdigest()
+    write(intake_dir / "images" / f"{good_sha}.jpg", good)
+    write(intake_dir / "images" / f"{liar_sha}.jpg", liar)
+    (intake_dir / "images" / "link.jpg").symlink_to(outside)
+    rows = [
+        ("/etc/passwd", "deadbeef"),
+        ("../../../outside.jpg", "deadbeef"),
+        ("images/link.jpg", "deadbeef"),
+        (f"images/{liar_sha}.jpg", "deadbeef"),  # a row claiming sha deadbeef
+        (f"images/{good_sha}.jpg", good_sha),
+    ]
+    with open(intake_dir / "cases.csv", "a", encoding="utf-8") as fh:
+        for file, claimed in rows:
+            fh.write(f"{file},mel,HAM_X,50,male,back,{claimed},2025-01-01T00:00:00Z\n")
+    result = run(root, tmp_path / "project", adapter="ham10000", intake_dir=intake_dir)
+    assert result.reasons() == {
+        "intake//etc/passwd": "path_outside_root",
+        "intake/../../../outside.jpg": "path_outside_root",
+        "intake/images/link.jpg": "path_outside_root",
+        f"intake/images/{liar_sha}.jpg": "sha256_mismatch",
+    }
+    detail = result.quarantine.set_index("reason").loc["sha256_mismatch", "detail"]
+    assert detail == f"the source says sha256 'deadbeef', the file's is {liar_sha}"
+    assert set(result.manifest["sha256"]) == {hashlib.sha256(image_bytes(0, "JPEG")).hexdigest(), good_sha}
+
+
+def test_ignored_list_counts_unread_entries_and_extra_frames(malaria, tmp_path):
+    frames = [Image.fromarray(noise((16, 12), seed)) for seed in (60, 61, 62)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    write(malaria / "cell_images" / "Parasitized" / "anim.gif", buf.getvalue())
+    os.mkfifo(malaria / "cell_images" / "Uninfected" / "pipe.png")
+    write(malaria / "README.md", b"notes")
+    result = run(malaria, tmp_path / "project")
+    table = pd.read_csv(result.paths.ignored, dtype=str, keep_default_na=False)
+    assert table.values.tolist() == [
+        ["README.md", "stray_file", "file not read: only cell_images/ is read"],
+        ["cell_images/Parasitized/anim.gif", "extra_frames",
+         "2 frame(s) after the first not used (a case is frame 0 of 3)"],
+        ["cell_images/Uninfected/pipe.png", "special_file", "a FIFO: never opened"],
+    ]
+    assert result.summary.ignored == 3 and "3 ignored (extra_frames=1, special_file=1, stray_file=1)" in result.summary.line()
+    assert len(result.manifest) == 5  # the GIF's first frame is a case
+
+
+def test_the_same_input_twice_gives_byte_identical_outputs(malaria, tmp_path):
+    write(malaria / "cell_images" / "Parasitized" / "text.png", b"this is not an image at all")
+    write(malaria / "cell_images" / "Uninfected" / "cut.png", truncated(image_bytes(70, size=(64, 64))))
+    write(malaria / "stray.txt", b"x")
+    project = tmp_path / "project"
+    paths = Paths(project)
+    outputs = (paths.manifest, paths.quarantine, paths.ignored, paths.labels)
+
+    def snapshot() -> list[bytes]:
+        return [p.read_bytes() for p in outputs]
+
+    first = run(malaria, project)
+    cold = snapshot()
+    assert "0x" not in first.quarantine["detail"].str.cat() and "BytesIO" not in first.quarantine["detail"].str.cat()
+    run(malaria, project)  # warm cache
+    assert snapshot() == cold
+    shutil.rmtree(paths.ingest_cache)
+    run(malaria, project)  # cold again, and in a fresh process's worker pool
+    assert snapshot() == cold
+    run(malaria, tmp_path / "other", workers=2)
+    assert [(tmp_path / "other" / p.relative_to(project)).read_bytes() for p in outputs] == cold

@@ -9,7 +9,8 @@ import re
 import subprocess
 import sys
 import unicodedata
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ import pytest
 from ingest_factories import bomb_png, image_bytes, truncated, write, write_labels_csv
 from pipelines import intake as intake_module
 from pipelines.bounds import CaseBounds
-from pipelines.intake import CASES_COLUMNS, ensure_intake_dir, intake, parse_s3_uri, s3_client
+from pipelines.intake import CASES_COLUMNS, IntakeSettings, ensure_intake_dir, intake, parse_s3_uri, s3_client
 from pipelines.manifest import write_manifest
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -34,6 +35,10 @@ def cases(intake_dir: Path) -> pd.DataFrame:
     return pd.read_csv(intake_dir / "cases.csv", dtype=str, keep_default_na=False)
 
 
+def archive(drop: Path) -> Path:
+    return drop.parent / "drop.processed"
+
+
 def reasons(result) -> dict[str, str]:
     return {e.source_path: str(e.reason) for e in result.quarantined}
 
@@ -44,9 +49,13 @@ def intake_dir(tmp_path) -> Path:
 
 
 def make_drop(drop: Path, files: dict[str, bytes], rows: list[tuple[str, ...]]) -> Path:
+    """A finished delivery: its files were last modified an hour ago (past any settle window)."""
     for name, data in files.items():
         write(drop / name, data)
     write_labels_csv(drop, rows)
+    settled = time.time() - 3600
+    for path in drop.rglob("*"):
+        os.utime(path, (settled, settled))
     return drop
 
 
@@ -85,7 +94,7 @@ def test_drop_folder_cases_are_accepted_copied_and_moved(tmp_path, intake_dir):
     drop = ham_drop(tmp_path)
     result = intake(drop, intake_dir, "ham10000", now=NOW)
     table = cases(intake_dir)
-    a_sha = sha((drop / "processed" / STAMP / "a.jpg").read_bytes())
+    a_sha = sha((archive(drop) / STAMP / "a.jpg").read_bytes())
     assert list(table.columns) == list(CASES_COLUMNS)
     assert table.iloc[0].to_dict() == {
         "file": f"images/{a_sha}.jpg",
@@ -106,10 +115,10 @@ def test_drop_folder_cases_are_accepted_copied_and_moved(tmp_path, intake_dir):
         "unknown",
     )
     assert (intake_dir / table.iloc[0]["file"]).read_bytes() == (
-        drop / "processed" / STAMP / "a.jpg"
+        archive(drop) / STAMP / "a.jpg"
     ).read_bytes()
-    assert sorted(p.name for p in drop.iterdir()) == ["processed"]
-    assert sorted(p.name for p in (drop / "processed" / STAMP).iterdir()) == ["a.jpg", "b.png", "labels.csv"]
+    assert list(drop.iterdir()) == []  # the archive is beside the drop, never inside it
+    assert sorted(p.name for p in (archive(drop) / STAMP).iterdir()) == ["a.jpg", "b.png", "labels.csv"]
     assert result.to_summary()["accepted"] == 2 and result.quarantined == []
 
 
@@ -118,7 +127,7 @@ def test_rerun_of_the_same_bytes_accepts_nothing_twice(tmp_path, intake_dir):
     again = intake(ham_drop(tmp_path), intake_dir, "ham10000", now=NOW)
     assert again.accepted == [] and set(reasons(again).values()) == {"already_accepted"}
     assert len(cases(intake_dir)) == 2
-    assert (tmp_path / "drop" / "processed" / f"{STAMP}-1" / "labels.csv").is_file()
+    assert (archive(tmp_path / "drop") / f"{STAMP}-1" / "labels.csv").is_file()
 
 
 def test_bytes_already_in_the_manifest_are_rejected(tmp_path, intake_dir):
@@ -142,15 +151,55 @@ def test_unknown_label_is_quarantined(tmp_path, intake_dir):
     ]
 
 
-def test_truncated_image_is_quarantined(tmp_path, intake_dir):
+def test_truncated_image_waits_keeps_its_label_and_is_taken_once_complete(tmp_path, intake_dir):
+    """A sender still uploading: the cut file's row waits, labels.csv stays, the rest goes through."""
+    whole = image_bytes(4, "JPEG", size=(64, 48))
+    drop = ham_drop(tmp_path, {"cut.jpg": truncated(whole)}, [("cut.jpg", "mel", "HAM_4", "", "", "")])
+    first = intake(drop, intake_dir, "ham10000", now=NOW)
+    assert first.quarantined == [] and first.pending[0].startswith("cut.jpg (listed in labels.csv, truncated_image")
+    assert_good_two_accepted(first, intake_dir)
+    assert (drop / "labels.csv").is_file() and (drop / "cut.jpg").is_file()  # labels kept
+    later = intake(drop, intake_dir, "ham10000", now=NOW + timedelta(hours=1))
+    assert (later.accepted, later.quarantined, len(later.pending)) == ([], [], 1)  # a, b not seen again
+    write(drop / "cut.jpg", whole)  # the upload completes
+    done = intake(drop, intake_dir, "ham10000", now=NOW + timedelta(hours=2))
+    assert [(c["label"], c["group_id"]) for c in done.accepted] == [("mel", "HAM_4")]
+    assert done.pending == [] and not (drop / "labels.csv").exists()
+    assert json.loads((intake_dir / "pending.json").read_text()) == {}
+
+
+def test_truncated_image_is_quarantined_after_the_pending_timeout(tmp_path, intake_dir):
+    settings = IntakeSettings(pending_timeout_s=600)
     drop = ham_drop(
         tmp_path,
         {"cut.jpg": truncated(image_bytes(4, "JPEG", size=(64, 48)))},
         [("cut.jpg", "mel", "HAM_4", "", "", "")],
     )
-    result = intake(drop, intake_dir, "ham10000", now=NOW)
-    assert reasons(result) == {"cut.jpg": "truncated_image"}
-    assert_good_two_accepted(result, intake_dir)
+    intake(drop, intake_dir, "ham10000", now=NOW, settings=settings)
+    result = intake(drop, intake_dir, "ham10000", now=NOW + timedelta(seconds=600), settings=settings)
+    assert reasons(result) == {"cut.jpg": "truncated_image"} and "pending_timeout_s (600 s)" in result.quarantined[0].detail
+    assert result.quarantined[0].label == "mel" and result.pending == []
+    assert not (drop / "labels.csv").exists() and list(drop.iterdir()) == []
+
+
+def test_recently_modified_file_waits_for_the_settle_window(tmp_path, intake_dir):
+    settings = IntakeSettings(settle_s=3600)
+    drop = ham_drop(tmp_path)
+    os.utime(drop / "b.png")  # b.png was modified just now: still being written
+    old = time.time() - 7200
+    first = intake(drop, intake_dir, "ham10000", now=NOW, settings=settings)
+    assert [c["label"] for c in first.accepted] == ["mel"] and "still being written" in first.pending[0]
+    os.utime(drop / "b.png", (old, old))
+    second = intake(drop, intake_dir, "ham10000", now=NOW, settings=settings)
+    assert [c["label"] for c in second.accepted] == ["nv"] and not (drop / "labels.csv").exists()
+
+
+def test_labels_csv_still_being_written_leaves_the_drop_alone(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path)
+    os.utime(drop / "labels.csv")
+    result = intake(drop, intake_dir, "ham10000", now=NOW, settings=IntakeSettings(settle_s=3600))
+    assert result.accepted == [] and "labels.csv (still being written)" in result.pending
+    assert (drop / "a.jpg").is_file()
 
 
 def test_text_file_posing_as_an_image_is_quarantined(tmp_path, intake_dir):
@@ -202,11 +251,24 @@ def test_bounds_come_from_the_caller(tmp_path, intake_dir):
     assert [c["label"] for c in result.accepted] == ["nv"]
 
 
-def test_row_naming_a_missing_file_is_quarantined(tmp_path, intake_dir):
+def test_row_naming_a_file_not_there_yet_waits_and_its_label_is_kept(tmp_path, intake_dir):
     drop = ham_drop(tmp_path, extra_rows=[("ghost.jpg", "mel", "HAM_7", "", "", "")])
     result = intake(drop, intake_dir, "ham10000", now=NOW)
-    assert reasons(result) == {"labels.csv": "missing_image"} and "ghost.jpg" in result.quarantined[0].detail
+    assert result.quarantined == [] and result.pending == [
+        "ghost.jpg (listed in labels.csv, not arrived; waiting since 2025-03-01T12:00:00Z)"]
     assert_good_two_accepted(result, intake_dir)
+    write(drop / "ghost.jpg", image_bytes(7, "JPEG"))
+    arrived = intake(drop, intake_dir, "ham10000", now=NOW + timedelta(minutes=5))
+    assert [(c["label"], c["group_id"]) for c in arrived.accepted] == [("mel", "HAM_7")]
+
+
+def test_row_naming_a_missing_file_is_quarantined_after_the_timeout(tmp_path, intake_dir):
+    drop = ham_drop(tmp_path, extra_rows=[("ghost.jpg", "mel", "HAM_7", "", "", "")])
+    intake(drop, intake_dir, "ham10000", now=NOW)
+    result = intake(drop, intake_dir, "ham10000", now=NOW + timedelta(days=2))
+    assert reasons(result) == {"labels.csv": "missing_image"} and "ghost.jpg" in result.quarantined[0].detail
+    assert not (drop / "labels.csv").exists()
+    assert (archive(drop) / f"{STAMP.replace('01T', '03T')}" / "labels.csv").is_file()
 
 
 def test_image_without_a_row_stays_pending_in_the_drop(tmp_path, intake_dir):
@@ -290,7 +352,7 @@ def test_names_with_spaces_and_unicode_match_in_either_normal_form(tmp_path, int
         ("Parasitized", "cellule infectée 1"),
         ("Uninfected", "P7"),
     ]
-    assert (drop / "processed" / STAMP / "sub dir" / "b.png").is_file()
+    assert (archive(drop) / STAMP / "sub dir" / "b.png").is_file()
 
 
 def test_malaria_group_falls_back_to_the_slide_prefix(tmp_path, intake_dir):
@@ -392,10 +454,23 @@ def test_s3_row_whose_object_has_not_arrived_is_pending(s3, intake_dir):
         [("a.png", "Parasitized", "C1", "", "", ""), ("late.png", "Uninfected", "C2", "", "", "")],
     )
     first = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
-    assert first.quarantined == [] and first.pending == ["late.png (listed in labels.csv, not arrived)"]
+    assert first.quarantined == [] and first.pending == [
+        "late.png (listed in labels.csv, not arrived; waiting since 2025-03-01T12:00:00Z)"]
     s3.put_object(Bucket=BUCKET, Key="incoming/late.png", Body=image_bytes(2))
     second = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW)
     assert [c["group_id"] for c in second.accepted] == ["C2"]
+
+
+def test_s3_row_whose_object_never_arrives_is_quarantined_once_after_the_timeout(s3, intake_dir):
+    put_drop(s3, {}, [("late.png", "Uninfected", "C2", "", "", "")])
+    settings = IntakeSettings(pending_timeout_s=60)
+    intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=NOW, settings=settings)
+    later = NOW + timedelta(seconds=61)
+    timed_out = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=later, settings=settings)
+    assert reasons(timed_out) == {f"s3://{BUCKET}/incoming/labels.csv": "missing_image"}
+    assert timed_out.quarantined[0].label == "Uninfected" and timed_out.pending == []
+    again = intake(f"s3://{BUCKET}/incoming", intake_dir, "malaria", now=later, settings=settings)
+    assert (again.quarantined, again.pending) == ([], [])
 
 
 def test_s3_bad_object_is_quarantined_once(s3, intake_dir):

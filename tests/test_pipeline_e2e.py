@@ -56,7 +56,7 @@ def test_repro_registers_a_champion_with_lineage(project):
     assert json.loads(tags["medscan.split_sizes"])["test"] > 0
     runs = mlflow.search_runs(experiment_names=["medscan-ham10000"], output_format="list")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert {r.data.tags["medscan.arch"] for r in children} == {"cnn_small", "cnn_medium"}
+    assert {r.data.tags["medscan.arch"] for r in children} == {"cnn_small", "cnn_medium", "ensemble"}
     assert all("test_balanced_accuracy" in r.data.metrics for r in children)
 
 
@@ -66,6 +66,11 @@ def test_reports_and_quarantine_are_written(project):
                 "data/quarantine.csv", "reports/data_docs"):
         assert (project / rel).exists(), rel
     assert json.loads((project / "reports/split_report.json").read_text())["overlapping_groups"] == 0
+    # The ensemble of the two architectures is a candidate like them (pipelines/assemble.py).
+    ensemble = json.loads((project / "derived/metrics/ensemble.json").read_text())
+    assert "skipped" not in ensemble and ensemble["val"] is not None and (project / "plots/ensemble/gradcam.png").exists()
+    compare = json.loads((project / "reports/compare/compare.json").read_text())
+    assert "ensemble" in compare["ranking"] and compare["skipped"] == {}
 
 
 def test_second_repro_is_a_no_op(project):

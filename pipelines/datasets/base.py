@@ -11,6 +11,8 @@ import csv
 import io
 import logging
 import math
+import os
+import stat
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -18,13 +20,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Generic, Mapping, Sequence, TypeVar
 
-from pipelines.manifest import QuarantineEntry
+from pipelines.manifest import IgnoredEntry, QuarantineEntry
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Operating-system litter that is never data (skipped, not quarantined).
+# Operating-system litter that is never data (listed as ignored `hidden_file`, not quarantined).
 IGNORED_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 IGNORED_DIR_NAMES = frozenset({"__macosx"})
 
@@ -42,6 +44,23 @@ class SourceReason(StrEnum):
     DUPLICATE = "duplicate"  # same content (or id) and label as a kept item
     CONFLICTING_DUPLICATE = "conflicting_duplicate"  # same content (or id), different labels
     ALREADY_ACCEPTED = "already_accepted"  # intake: these bytes were accepted before
+    SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"  # a link leaving the root: never followed or opened
+    BROKEN_SYMLINK = "broken_symlink"  # a link inside the root to nothing (or a loop)
+    PATH_OUTSIDE_ROOT = "path_outside_root"  # intake cases.csv `file` resolving outside data/intake
+    SHA256_MISMATCH = "sha256_mismatch"  # intake cases.csv `sha256` is not the file's
+    UNSTABLE_FILE = "unstable_file"  # intake: still being written when the pending timeout ran out
+
+
+class IgnoreReason(StrEnum):
+    """Why something a source holds is not a case (data/ignored.csv `reason`)."""
+
+    HIDDEN_FILE = "hidden_file"  # dotfiles and OS litter (Thumbs.db, __MACOSX)
+    SYMLINKED_DIR = "symlinked_dir"  # never descended: no loops, no second copy of a folder
+    SPECIAL_FILE = "special_file"  # FIFO, socket, device: never opened, so never blocked on
+    UNREAD_FOLDER = "unread_folder"  # a folder the native layout does not read (DermNet validation/)
+    STRAY_FILE = "stray_file"  # a file beside the layout's folders
+    UNREADABLE_DIR = "unreadable_dir"  # a folder the OS would not list
+    EXTRA_FRAMES = "extra_frames"  # GIF/TIFF/MPO frames after the first (only frame 0 is a case)
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,7 @@ class Candidate:
     image_id: str
     split_hint: str = ""  # split given by the distribution (DermNet train/test) or empty
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    expected_sha256: str = ""  # a sha256 the source claims (intake cases.csv): checked on ingest
 
 
 @dataclass
@@ -63,9 +83,14 @@ class ScanResult:
 
     candidates: list[Candidate] = field(default_factory=list)
     quarantine: list[QuarantineEntry] = field(default_factory=list)
+    ignored: list[IgnoredEntry] = field(default_factory=list)
 
     def merge(self, other: "ScanResult") -> "ScanResult":
-        return ScanResult(self.candidates + other.candidates, self.quarantine + other.quarantine)
+        return ScanResult(
+            self.candidates + other.candidates,
+            self.quarantine + other.quarantine,
+            self.ignored + other.ignored,
+        )
 
 
 class MetadataError(ValueError):
@@ -158,16 +183,127 @@ def _malformed(source_path: str, line: int, detail: str) -> QuarantineEntry:
     return QuarantineEntry(source_path, SourceReason.MALFORMED_ROW, f"line {line}: {detail}")
 
 
-def list_files(folder: Path) -> list[Path]:
-    """Every data file under `folder`, sorted, without OS litter (dotfiles, Thumbs.db, __MACOSX)."""
-    found = []
-    for path in folder.rglob("*"):
-        parts = path.relative_to(folder).parts
-        if any(p.startswith(".") or p.lower() in IGNORED_DIR_NAMES for p in parts[:-1]):
+@dataclass(frozen=True)
+class ListedFile:
+    """A regular file found under a folder."""
+
+    path: Path  # where it was found (for a followed link: the link itself): what names it
+    target: Path  # what to read: the file itself, or the real file a link inside the root names
+
+
+@dataclass
+class Listing:
+    """Every entry under a folder: data files, links that must not be followed, things ignored."""
+
+    files: list[ListedFile] = field(default_factory=list)
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
+    ignored: list[IgnoredEntry] = field(default_factory=list)
+
+
+def list_files(folder: Path, root: Path | None = None) -> Listing:
+    """Every data file under `folder` (sorted); everything else is accounted for, never opened.
+
+    Symlinks: a link whose real path stays inside `root` (default `folder`) and names a regular
+    file is followed (it is read from its real path, so a later swap of the link cannot redirect
+    the read); a link leaving the root is quarantined `symlink_outside_root` and its target is
+    never opened (only the link is read, with readlink). Links to folders are never descended
+    (`symlinked_dir`), FIFOs, sockets and devices are never opened (`special_file`), dotfiles and
+    OS litter are `hidden_file`. Names in entries are relative to `root`.
+    """
+    root = Path(root or folder)
+    listing = Listing()
+    _walk(Path(folder), root, Path(os.path.realpath(root)), listing)
+    listing.files.sort(key=lambda f: f.path)
+    return listing
+
+
+def _walk(directory: Path, root: Path, real_root: Path, out: Listing) -> None:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        out.ignored.append(IgnoredEntry(relative(directory, root), IgnoreReason.UNREADABLE_DIR,
+                                        f"{type(exc).__name__}: {exc.strerror}"))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        rel = relative(path, root)
+        if _ignored_file(entry.name) or (entry.name.lower() in IGNORED_DIR_NAMES):
+            out.ignored.append(IgnoredEntry(rel, IgnoreReason.HIDDEN_FILE, "dotfile or OS litter, not data"))
+        elif entry.is_symlink():
+            _add_link(path, rel, real_root, out)
+        elif entry.is_dir(follow_symlinks=False):
+            _walk(path, root, real_root, out)
+        elif entry.is_file(follow_symlinks=False):
+            out.files.append(ListedFile(path, path))
+        else:
+            out.ignored.append(IgnoredEntry(rel, IgnoreReason.SPECIAL_FILE, _kind(entry.stat(follow_symlinks=False))))
+
+
+def _add_link(path: Path, rel: str, real_root: Path, out: Listing) -> None:
+    """Classify a symlink from its real path (readlink and stat only: nothing is opened)."""
+    target = Path(os.path.realpath(path))
+    if not target.is_relative_to(real_root):
+        detail = "symlink pointing outside the root: not followed, its target never opened"
+        out.quarantine.append(QuarantineEntry(rel, SourceReason.SYMLINK_OUTSIDE_ROOT, detail))
+        return
+    try:
+        mode = os.stat(target).st_mode
+    except OSError as exc:
+        out.quarantine.append(QuarantineEntry(rel, SourceReason.BROKEN_SYMLINK, f"link to nothing ({exc.strerror})"))
+        return
+    if stat.S_ISDIR(mode):
+        out.ignored.append(IgnoredEntry(rel, IgnoreReason.SYMLINKED_DIR, "symlink to a folder: not descended"))
+    elif stat.S_ISREG(mode):
+        out.files.append(ListedFile(path, target))
+    else:
+        out.ignored.append(IgnoredEntry(rel, IgnoreReason.SPECIAL_FILE, "symlink to " + _kind(os.stat(target))))
+
+
+def _kind(st: os.stat_result) -> str:
+    if stat.S_ISFIFO(st.st_mode):
+        what = "a FIFO"
+    elif stat.S_ISSOCK(st.st_mode):
+        what = "a socket"
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        what = "a device"
+    else:
+        what = "not a regular file"
+    return f"{what}: never opened"
+
+
+def unread_entries(root: Path, read: Sequence[str], why: str) -> ScanResult:
+    """The top-level entries of `root` a native layout does not read, each accounted for.
+
+    A folder becomes one `unread_folder` entry (with its file count), a file `stray_file`; links,
+    FIFOs and litter are classified as `list_files` does. `why` says what the layout reads.
+    """
+    result = ScanResult()
+    root = Path(root)
+    real_root = Path(os.path.realpath(root))
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name in read:
             continue
-        if path.is_file() and not _ignored_file(path.name):
-            found.append(path)
-    return sorted(found)
+        path, rel = Path(entry.path), entry.name
+        if entry.is_dir(follow_symlinks=False) and not _ignored_file(entry.name):
+            count = sum(len(files) for _, _, files in os.walk(path))
+            detail = f"folder not read ({count} file(s) inside): {why}"
+            result.ignored.append(IgnoredEntry(rel, IgnoreReason.UNREAD_FOLDER, detail))
+        elif entry.is_file(follow_symlinks=False) and not _ignored_file(entry.name):
+            result.ignored.append(IgnoredEntry(rel, IgnoreReason.STRAY_FILE, f"file not read: {why}"))
+        else:
+            listing = Listing()
+            if _ignored_file(entry.name):
+                listing.ignored.append(IgnoredEntry(rel, IgnoreReason.HIDDEN_FILE, "dotfile or OS litter, not data"))
+            elif entry.is_symlink():
+                _add_link(path, rel, real_root, listing)
+            else:
+                kind = _kind(entry.stat(follow_symlinks=False))
+                listing.ignored.append(IgnoredEntry(rel, IgnoreReason.SPECIAL_FILE, kind))
+            result.quarantine.extend(listing.quarantine)
+            result.ignored.extend(listing.ignored)
+            if listing.files:  # a link to a file inside the root: still not part of the layout
+                result.ignored.append(IgnoredEntry(rel, IgnoreReason.STRAY_FILE, f"file not read: {why}"))
+    return result
 
 
 def _ignored_file(name: str) -> bool:
@@ -261,7 +397,7 @@ class DatasetAdapter(ABC):
                 )
             else:
                 kept.append(cand if label == cand.label else replace(cand, label=label))
-        return ScanResult(kept, quarantine)
+        return ScanResult(kept, quarantine, list(result.ignored))
 
     def parse_metadata(self, raw: Mapping[str, str]) -> dict[str, Any]:
         """Typed metadata for this adapter's columns; raises MetadataError on a bad value.
@@ -297,16 +433,18 @@ def parse_age(value: str) -> float:
 
 def scan_class_folders(adapter: DatasetAdapter, root: Path, base: Path, split_hint: str = "") -> ScanResult:
     """`base/<Class>/<files>`: the folder name is the label (checked later by the adapter)."""
-    result = ScanResult()
-    for path in list_files(base):
-        rel = relative(path, root)
-        parts = path.relative_to(base).parts
+    listing = list_files(base, root)
+    result = ScanResult(quarantine=list(listing.quarantine), ignored=list(listing.ignored))
+    for found in listing.files:
+        rel = relative(found.path, root)
+        parts = found.path.relative_to(base).parts
         if len(parts) < 2:
             result.quarantine.append(
                 QuarantineEntry(rel, SourceReason.UNKNOWN_LABEL, "file is not inside a class folder")
             )
             continue
+        name = found.path.name
         result.candidates.append(
-            Candidate(rel, path, parts[0], adapter.group_id_for(path.name), path.stem, split_hint)
+            Candidate(rel, found.target, parts[0], adapter.group_id_for(name), Path(name).stem, split_hint)
         )
     return result

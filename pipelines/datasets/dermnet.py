@@ -3,16 +3,15 @@
 The distribution's train/test folders are the split to use, so each candidate carries its folder
 as `split_hint`. DermNet has no patient ids: each image is its own group (the file stem).
 Folder names are the labels; `display_names` gives short readable ones for reports.
+Anything else in the root (a `validation/` or `Train/` folder: names are case-sensitive, stray
+files, links) is listed in data/ignored.csv with its reason, never read.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from pipelines.datasets.base import DatasetAdapter, ScanResult, scan_class_folders
-
-log = logging.getLogger(__name__)
+from pipelines.datasets.base import DatasetAdapter, ScanResult, scan_class_folders, unread_entries
 
 SPLITS = ("train", "test")
 
@@ -81,14 +80,8 @@ class DermnetAdapter(DatasetAdapter):
         present = [split for split in SPLITS if (root / split).is_dir()]
         if not present:
             raise FileNotFoundError(f"{self.name}: neither train/ nor test/ under {root}")
-        others = sorted(
-            p.name
-            for p in root.iterdir()
-            if p.is_dir() and p.name not in SPLITS and not p.name.startswith(".")
-        )
-        if others:
-            log.warning("%s: ignoring folders %s (only %s are read)", self.name, others, SPLITS)
-        result = ScanResult()
+        why = f"only {', '.join(s + '/' for s in SPLITS)} are read (names are case-sensitive)"
+        result = unread_entries(root, present, why)
         for split in present:
             result = result.merge(scan_class_folders(self, root, root / split, split_hint=split))
         return result

@@ -4,7 +4,7 @@ Accepted layouts: `images/<image_id>.jpg` (the tidy one) or the original release
 `HAM10000_images_part_1/` and `HAM10000_images_part_2/`. Label = `dx`, group = `lesion_id` (one
 lesion is often photographed several times, so splits must keep a lesion on one side).
 `dx_type` says HOW the diagnosis was made (histopathology, follow-up, ...); it leaks the label and
-is never carried, not even as metadata.
+is never carried, not even as metadata. Other entries of the root are listed in data/ignored.csv.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from pipelines.datasets.base import (
     Rejected,
     ScanResult,
     SourceReason,
+    ListedFile,
     list_files,
     read_csv_table,
     relative,
+    unread_entries,
     resolve_duplicates,
 )
 from pipelines.manifest import QuarantineEntry
@@ -74,6 +76,8 @@ class Ham10000Adapter(DatasetAdapter):
             raise FileNotFoundError(f"{self.name}: no {self.METADATA_FILE} under {root}")
         table = read_csv_table(csv_path, self.METADATA_FILE, self.REQUIRED_COLUMNS)
         files, result = self._index_images(root)
+        why = f"only {self.METADATA_FILE} and {', '.join(self.IMAGE_DIRS)} are read"
+        result = result.merge(unread_entries(root, (self.METADATA_FILE, *self.IMAGE_DIRS), why))
         result.quarantine.extend(table.problems)
         rows, rejected = resolve_duplicates(
             table.rows, key=lambda r: r.values["image_id"], label=lambda r: r.values["dx"].lower()
@@ -85,39 +89,43 @@ class Ham10000Adapter(DatasetAdapter):
             result.quarantine.append(self._duplicate_row_entry(rej))
         result.quarantine.extend(
             QuarantineEntry(
-                relative(path, root),
+                relative(found.path, root),
                 SourceReason.MISSING_METADATA,
                 f"no {self.METADATA_FILE} row for image_id {stem!r}",
             )
-            for stem, path in sorted(files.items())
+            for stem, found in sorted(files.items())
         )
         return result
 
-    def _index_images(self, root: Path) -> tuple[dict[str, Path], ScanResult]:
+    def _index_images(self, root: Path) -> tuple[dict[str, ListedFile], ScanResult]:
         """image_id -> file, over every image folder present; a second file for one id is quarantined."""
         folders = [root / d for d in self.IMAGE_DIRS if (root / d).is_dir()]
         if not folders:
             raise FileNotFoundError(f"{self.name}: none of {self.IMAGE_DIRS} under {root}")
-        index: dict[str, Path] = {}
+        index: dict[str, ListedFile] = {}
         result = ScanResult()
-        for path in (p for folder in folders for p in list_files(folder)):
-            kept = index.setdefault(path.stem, path)
-            if kept is not path:
-                detail = f"second file for image_id {path.stem!r}; kept {relative(kept, root)}"
-                result.quarantine.append(
-                    QuarantineEntry(relative(path, root), SourceReason.DUPLICATE, detail)
-                )
+        for folder in folders:
+            listing = list_files(folder, root)
+            result.quarantine.extend(listing.quarantine)
+            result.ignored.extend(listing.ignored)
+            for found in listing.files:
+                kept = index.setdefault(found.path.stem, found)
+                if kept is not found:
+                    detail = f"second file for image_id {found.path.stem!r}; kept {relative(kept.path, root)}"
+                    result.quarantine.append(
+                        QuarantineEntry(relative(found.path, root), SourceReason.DUPLICATE, detail)
+                    )
         return index, result
 
-    def _add_row(self, root: Path, row: CsvRow, path: Path | None, result: ScanResult) -> None:
+    def _add_row(self, root: Path, row: CsvRow, found: ListedFile | None, result: ScanResult) -> None:
         values = row.values
-        if path is None:
+        if found is None:
             detail = f"line {row.line}: image_id {values['image_id']!r} has no image file"
             result.quarantine.append(
                 QuarantineEntry(self.METADATA_FILE, SourceReason.MISSING_IMAGE, detail, label=values["dx"])
             )
             return
-        rel = relative(path, root)
+        rel = relative(found.path, root)
         try:
             metadata = self.parse_metadata(values)
         except MetadataError as exc:
@@ -127,7 +135,7 @@ class Ham10000Adapter(DatasetAdapter):
             )
             return
         result.candidates.append(
-            Candidate(rel, path, values["dx"], values["lesion_id"], values["image_id"], "", metadata)
+            Candidate(rel, found.target, values["dx"], values["lesion_id"], values["image_id"], "", metadata)
         )
 
     def _duplicate_row_entry(self, rej: Rejected[CsvRow]) -> QuarantineEntry:

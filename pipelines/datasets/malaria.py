@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.datasets.base import DatasetAdapter, ScanResult, scan_class_folders
+from pipelines.datasets.base import DatasetAdapter, ScanResult, scan_class_folders, unread_entries
 
 CELL_IMAGES = "cell_images"
 PATIENT_SEPARATOR = "_IMG_"
@@ -31,8 +31,16 @@ class MalariaAdapter(DatasetAdapter):
     classes = ("Parasitized", "Uninfected")
     display_names = {"Parasitized": "Parasitized cell", "Uninfected": "Uninfected cell"}
 
+    # Top-level entries of the root that are the layout's (beside cell_images/), not stray files.
+    root_entries: tuple[str, ...] = (CELL_IMAGES,)
+
     def _scan(self, root: Path) -> ScanResult:
-        return scan_class_folders(self, root, cell_images_dir(root))
+        base = cell_images_dir(root)
+        result = scan_class_folders(self, root, base)
+        if base != root:  # a root holding cell_images/: anything beside it is accounted for
+            why = f"only {CELL_IMAGES}/ is read"
+            result = unread_entries(root, self.root_entries, why).merge(result)
+        return result
 
     def group_id_for(self, file_name: str) -> str:
         """Text before `_IMG_`; the whole stem when a name does not follow the convention."""

@@ -28,6 +28,7 @@ class MalariaTfdsAdapter(MalariaAdapter):
     """Same classes as `malaria`; groups are single images (no patient id in TFDS)."""
 
     name = "malaria_tfds"
+    root_entries = (CELL_IMAGES, TFDS_DIR, f".{CELL_IMAGES}.partial")
 
     def _scan(self, root: Path) -> ScanResult:
         export_tfds(self, root)

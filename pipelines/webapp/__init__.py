@@ -1,0 +1,1 @@
+"""The clinician web app (FastAPI + server-rendered pages): see pipelines/webapp/app.py."""
