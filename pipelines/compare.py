@@ -127,6 +127,7 @@ def _model_row(arch: str, doc: Mapping[str, Any]) -> dict[str, Any]:
         **_metric_values(test),
         "ci95": _intervals(test),
         "val": _metric_values(doc.get("val") or {}),
+        "calibration": doc.get("calibration"),
     }
 
 

@@ -145,7 +145,11 @@ def augment_batch(images: tf.Tensor, params: Mapping, seed: tf.Tensor) -> tf.Ten
 
 def decode_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     """PNG bytes on disk -> uint8 [size, size, 3] (resized with antialiasing, rounded)."""
-    image = tf.io.decode_png(tf.io.read_file(path), channels=3)
+    return resize_pixels(tf.io.decode_png(tf.io.read_file(path), channels=3), image_size)
+
+
+def resize_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """uint8 [H, W, 3] -> uint8 [size, size, 3]: the one resize of training, evaluation and serving."""
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 

@@ -5,12 +5,18 @@ selects on), `test` (reported only, never used to choose) and their baselines, e
 95% group-bootstrap interval (`ci95`); plus plots/<arch>/ (confusion matrix, ROC, reliability,
 learning curves, Grad-CAM, all on test) and logs both to the architecture's MLflow run. Every
 architecture is scored on the same rows.
+
+Calibration (pipelines/calibration.py): a temperature and an abstention threshold are fitted on
+val (`evaluate.abstain_target_precision`), reported on test in `calibration`, written into the
+model's contract and logged with it as the MLflow pyfunc "model" (pipelines/pyfunc.py): that
+calibrated pyfunc is what promote registers.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,9 +28,13 @@ import pandas as pd
 
 from pipelines import tracking
 from pipelines.bootstrap import metric_intervals
+from pipelines.calibration import calibration_report
 from pipelines.config import Paths, load_params, project_root
+from pipelines.contract import ModelContract, as_contract, for_model_dir
+from pipelines.contract import save as save_contract
 from pipelines.gradcam import gradcam, save_gradcam_grid
-from pipelines.inference import label_indices, load_bundle, metadata_for, predict_frame
+from pipelines.inference import label_indices, load_bundle, predict_frame
+from pipelines.model_inputs import model_inputs
 from pipelines.manifest import read_splits
 from pipelines.metrics import (age_band, classification_metrics, flatten_for_logging,
                                majority_baseline, subgroup_metrics)
@@ -46,27 +56,23 @@ def gradcam_sample(frame: pd.DataFrame, per_class: int) -> pd.DataFrame:
     return ordered.groupby("label", sort=True).head(per_class)
 
 
-def render_gradcam(model, info: Mapping[str, Any], sample: pd.DataFrame, root: Path,
+def render_gradcam(model, contract: ModelContract, sample: pd.DataFrame, root: Path,
                    probs: np.ndarray, path: Path) -> None:
-    from pipelines.data import decode_image
-
-    size = int(info["image_size"])
-    images = np.stack([decode_image(str(root / p), size).numpy() for p in sample["path"]])
-    inputs: dict[str, np.ndarray] = {"image": images.astype(np.float32)}
-    meta = metadata_for(sample, info)
-    if meta is not None:
-        inputs["metadata"] = meta
+    """Heat maps for stored test images, fed through the serving input path (model_inputs)."""
+    records = sample.drop(columns=["path"]).to_dict("records")
+    inputs = model_inputs(contract, [(root / p).read_bytes() for p in sample["path"]], records)
     heatmaps = gradcam(model, inputs)
-    classes = info["classes"]
+    images = inputs["image"]
+    classes = contract.classes
     titles = [f"true {t}\npred {classes[int(np.argmax(p))]} {np.max(p):.2f}"
               for t, p in zip(sample["label"], probs)]
     save_gradcam_grid(images, heatmaps, titles, path)
 
 
-def score_split(model, info: Mapping[str, Any], frame: pd.DataFrame, root: Path,
+def score_split(model, info: ModelContract | Mapping[str, Any], frame: pd.DataFrame, root: Path,
                 train_labels: np.ndarray, ep: Mapping[str, Any]) -> tuple[np.ndarray, dict, dict]:
     """(probabilities, metrics with `ci95`, majority baseline) of one split."""
-    classes = info["classes"]
+    classes = list(as_contract(info).classes)
     probs = predict_frame(model, info, frame, root)
     y_true = label_indices(frame, classes)
     top_k = resolve_top_k(ep.get("top_k", "auto"), len(classes))
@@ -108,6 +114,7 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     progress = Progress(arch)
     progress("loading the model")
     model, info = load_bundle(paths.model_dir(arch))
+    contract = for_model_dir(paths.model_dir(arch), info, params)
     classes = info["classes"]
     # Profile first: Grad-CAM's sub-model adds graph nodes that make the model unsaveable.
     progress("profiling size and latency")
@@ -116,13 +123,18 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     resamples = int(ep.get("bootstrap_resamples", 500))
     test = frames["test"]
     train_labels = label_indices(frames["train"], classes)
-    val_results = val_baseline = None  # an empty val split: compare says so and never ranks on test
+    val_results = val_baseline = val_probs = None  # an empty val split: compare says so, never ranks on test
     if len(frames["val"]):
         progress(f"scoring val: {len(frames['val'])} images, {resamples} bootstrap resamples")
-        _, val_results, val_baseline = score_split(model, info, frames["val"], paths.root, train_labels, ep)
+        val_probs, val_results, val_baseline = score_split(model, contract, frames["val"], paths.root,
+                                                           train_labels, ep)
     progress(f"scoring test: {len(test)} images, {resamples} bootstrap resamples")
-    probs, results, baseline = score_split(model, info, test, paths.root, train_labels, ep)
+    probs, results, baseline = score_split(model, contract, test, paths.root, train_labels, ep)
     y_true = label_indices(test, classes)
+    target = ep.get("abstain_target_precision")
+    calib = calibration_report(val_probs, label_indices(frames["val"], classes), probs, y_true,
+                               None if target is None else float(target), int(ep.get("calibration_bins", 10)))
+    contract = contract.calibrated(calib["temperature"], calib["threshold"], calib["target_precision"])
     top_k = int(results["top_k"])
     groups = test.copy()
     if "age" in groups:
@@ -139,13 +151,14 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     plot_learning_curves(history, plots / "learning_curves.png")
     sample = gradcam_sample(test, int(ep.get("gradcam_per_class", 2)))
     progress(f"Grad-CAM on {len(sample)} test images")
-    render_gradcam(model, info, sample, paths.root, probs[test.index.get_indexer(sample.index)],
+    render_gradcam(model, contract, sample, paths.root, probs[test.index.get_indexer(sample.index)],
                    plots / "gradcam.png")
 
     report = {
         "arch": arch, "dataset": info["dataset"], "builder": info["builder"],
         "selection_split": "val", "val": val_results, "val_baseline": val_baseline,
         "test": results, "baseline": baseline, "subgroups": subgroups, "profile": profile,
+        "calibration": calib,
         "training": {k: info[k] for k in ("train_seconds", "epochs_run", "best_epoch", "image_size",
                                            "run_id", "split_sizes")},
         "bootstrap": results["ci95"]["bootstrap"],
@@ -162,9 +175,16 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
         mlflow.log_metrics({**flatten_for_logging(results), **intervals,
                             **flatten_for_logging(val_results or {}, prefix="val_"),
                             **flatten_for_logging(baseline, prefix="baseline_"),
-                            **{f"profile_{k}": float(v) for k, v in profile.items() if isinstance(v, (int, float))}})
+                            **{f"profile_{k}": float(v) for k, v in profile.items() if isinstance(v, (int, float))},
+                            **{f"calibration_{k}": float(v) for k, v in calib.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)}})
         mlflow.log_artifacts(str(plots), artifact_path="plots")
         mlflow.log_artifact(str(out), artifact_path="medscan")
+        with tempfile.TemporaryDirectory() as tmp:   # the calibrated contract, and the pyfunc promote registers
+            mlflow.log_artifact(str(save_contract(contract, Path(tmp) / "contract.json")), artifact_path="medscan")
+            from pipelines.pyfunc import log_pyfunc
+
+            log_pyfunc(paths.model_dir(arch) / "model.keras", contract, Path(tmp))
     progress("done")
     return report
 

@@ -164,21 +164,38 @@ def normalize_image(
     nothing; `img.load()` then forces a full decode so truncated files are caught here, not in
     the middle of training.
     """
+    sha, img, (width, height), frames, rgb = _normalised(src, limits)
+    stored = _write_png(rgb, out_dir / stored_name(sha)) if out_dir is not None else None
+    return ImageInfo(sha, width, height, img.mode, img.format or "", stored, rgb.size, frames)
+
+
+def normalized_pixels(src: Path | bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """The pixels [H, W, 3] uint8 of the normalised copy `normalize_image` would store, in memory.
+
+    Serving feeds uploads through this, so a model sees exactly what ingest stored for training
+    (PNG is lossless: decoding the stored copy gives these same bytes). Raises ImageRejected.
+    """
+    return np.asarray(_normalised(src, limits)[4], dtype=np.uint8)
+
+
+def _normalised(src: Path | bytes, limits: ImageLimits
+                ) -> tuple[str, Image.Image, tuple[int, int], int, Image.Image]:
+    """(sha256 of the original bytes, the opened original, its size as stored in the file (before
+    a JPEG draft shrinks it), its frame count, its normalised RGB copy)."""
     data = read_source(src)
     if not data:
         raise ImageRejected(ImageReason.EMPTY_FILE, "0 bytes")
     sha = sha256_hex(data)
     try:
         img = _open_checked(data, limits)
-        width, height = img.size
+        size = img.size
         frames = max(1, int(getattr(img, "n_frames", 1) or 1))
         _decode(img, limits)
         rgb = _upright(_downsize(_to_rgb(img), limits.store_max_side), _orientation(img))
     except ImageRejected as exc:
         exc.sha256 = sha
         raise
-    stored = _write_png(rgb, out_dir / stored_name(sha)) if out_dir is not None else None
-    return ImageInfo(sha, width, height, img.mode, img.format or "", stored, rgb.size, frames)
+    return sha, img, size, frames, rgb
 
 
 def try_normalize(

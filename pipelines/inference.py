@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from pipelines.contract import ModelContract, as_contract
 from pipelines.data import make_dataset, symmetries
-from pipelines.features import encode_metadata
 from pipelines.zoo import load_model
 
 
@@ -32,10 +32,11 @@ def load_bundle(model_dir: Path) -> tuple[keras.Model, dict[str, Any]]:
     return load_model(model_dir / "model.keras", compile=False), info
 
 
-def metadata_for(frame: pd.DataFrame, info: Mapping[str, Any]) -> np.ndarray | None:
-    if not info.get("metadata_columns"):
-        return None
-    return encode_metadata(frame, info["metadata_columns"], info["categorical_values"])
+def metadata_for(frame: pd.DataFrame, info: ModelContract | Mapping[str, Any]) -> np.ndarray | None:
+    """The rows' metadata through the one checked encoding (pipelines.model_inputs)."""
+    from pipelines.model_inputs import metadata_matrix
+
+    return metadata_matrix(as_contract(info), frame)
 
 
 TTA_MODES = ("none", "flips", "d4")
@@ -48,15 +49,16 @@ def tta_views(mode: str) -> list[Callable[[tf.Tensor], tf.Tensor]]:
     return [lambda x: x] if mode == "none" else symmetries(mode)
 
 
-def predict_frame(model: keras.Model, info: Mapping[str, Any], frame: pd.DataFrame, root: Path,
+def predict_frame(model: keras.Model, info: ModelContract | Mapping[str, Any], frame: pd.DataFrame, root: Path,
                   batch_size: int = 64, tta: str | None = None) -> np.ndarray:
     """Class probabilities [n, C] for manifest rows whose `path` is relative to `root`.
 
     ``tta`` defaults to the model's own ``train_info["tta"]`` (params.yaml `evaluate.tta` when it
     was trained; "none" for older models), so evaluate and promote score it alike.
     """
-    mode = tta if tta is not None else str(info.get("tta", "none"))
-    ds = make_dataset(frame, root, info["classes"], int(info["image_size"]), batch_size,
+    contract = as_contract(info)
+    mode = tta if tta is not None else contract.tta
+    ds = make_dataset(frame, root, list(contract.classes), contract.image_size, batch_size,
                       metadata=metadata_for(frame, info), with_labels=False)
     total = None
     views = tta_views(mode)

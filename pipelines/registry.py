@@ -35,17 +35,33 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         return None
 
 
+def latest_logged_model(client: MlflowClient, run_id: str, model: str = "model") -> str | None:
+    """The id of the run's newest logged model named `model` (evaluate logs the calibrated pyfunc;
+    a re-run of evaluate on the same run logs a newer one, and that is the one to register)."""
+    experiment = client.get_run(run_id).info.experiment_id
+    found = [m for m in client.search_logged_models([experiment], filter_string=f"name = '{model}'",
+                                                    order_by=[{"field_name": "creation_time", "ascending": False}])
+             if m.source_run_id == run_id]
+    return found[0].model_id if found else None
+
+
 def register(client: MlflowClient, name: str, run_id: str, tags: Mapping[str, str]) -> ModelVersion:
-    """Register the run's logged model (once: a run already registered returns its version)."""
+    """Register the run's newest logged model "model" (once: registered already returns its version)."""
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Medscan diagnostic-support classifier")
+    model_id = latest_logged_model(client, run_id)
     for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        source = str(existing.source or "")
+        registered = existing.model_id or (source[len("models:/"):] if source.startswith("models:/m-") else None)
+        if model_id is not None and registered not in (None, model_id):
+            continue   # an older logged model of this run (before evaluate re-ran)
         for key, value in tags.items():
             client.set_model_version_tag(name, existing.version, key, str(value))
         return client.get_model_version(name, existing.version)
-    version = mlflow.register_model(f"runs:/{run_id}/model", name, tags={k: str(v) for k, v in tags.items()})
+    source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/model"
+    version = mlflow.register_model(source, name, tags={k: str(v) for k, v in tags.items()})
     return client.get_model_version(name, version.version)
 
 
@@ -122,6 +138,19 @@ def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]
 
     Raises ArtifactMissing (naming version and artifact) when its files are gone.
     """
+    model, info, _ = load_served(name, version)
+    return model, info
+
+
+def load_served(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any], Any]:
+    """(keras model, train_info, ModelContract) of a registered version.
+
+    The registered model is the pyfunc (pipelines.pyfunc): the Keras model and the calibrated
+    contract are read from its artifacts. A version registered before (the plain TensorFlow
+    flavor) gets the contract its train_info implies, uncalibrated and never abstaining.
+    """
+    from pipelines.contract import from_train_info, load
+
     info = download_json(name, version, "medscan/train_info.json")
     if info is None:
         where = MlflowClient().get_run(version.run_id).info.artifact_uri
@@ -129,12 +158,18 @@ def load_version(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any]]
                        FileNotFoundError(f"not found under {where}: deleted, or never logged"))
     import pipelines.zoo  # noqa: F401  (registers the zoo's custom layers for deserialisation)
 
+    uri = f"models:/{name}/{version.version}"
     try:
-        model = mlflow.tensorflow.load_model(f"models:/{name}/{version.version}",
-                                             keras_model_kwargs={"compile": False})
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            kept = sorted((local / "artifacts").glob("*.keras"))
+            if kept and (local / "artifacts" / "contract.json").exists():
+                return (pipelines.zoo.load_model(kept[0], compile=False), info,
+                        load(local / "artifacts" / "contract.json"))
+            model = mlflow.tensorflow.load_model(str(local), keras_model_kwargs={"compile": False})
     except (MlflowException, OSError, ValueError) as exc:
-        raise _missing(name, version, f"models:/{name}/{version.version} (logged model)", exc) from exc
-    return model, info
+        raise _missing(name, version, f"{uri} (logged model)", exc) from exc
+    return model, info, from_train_info(info)
 
 
 def describe(client: MlflowClient, name: str) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 `python -m pipelines.serve IMG [IMG ...] [--age 60 --sex male --localization back]` prints JSON;
 `--http PORT` serves POST /predict (raw image bytes, metadata as query parameters) on 127.0.0.1.
-A non-image upload gets a clear error, never a crash of the server.
+A non-image upload gets a clear error, never a crash of the server; so does invalid metadata (a
+non-numeric or out-of-range age, an unknown sex or site), naming the field. Inputs go through
+pipelines.model_inputs, the path evaluate and the registered MLflow pyfunc use; answers carry
+calibrated probabilities, readable names and `abstain` (pipelines.contract).
 
 Bad input never ends a batch: a missing file, a directory or a non-image is reported as that
 image's error entry (and one stderr line) while the others are predicted; the exit status is
@@ -16,7 +19,6 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import traceback
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +35,6 @@ from mlflow.exceptions import MlflowException
 
 from pipelines import registry, tracking
 from pipelines.config import Paths, load_params, project_root
-from pipelines.images import ImageLimits, ImageRejected, normalize_image
 
 TRAIN_INFO = "medscan/train_info.json"      # logged by the train stage next to the model
 QUERY = re.compile(r"\?[^\s'\"]*")           # a query string carries patient metadata
@@ -70,10 +71,17 @@ def missing_artifacts(client: MlflowClient, name: str, version: ModelVersion) ->
 
 
 class Predictor:
-    """The champion model with its preprocessing contract, loaded once."""
+    """The champion model with its contract (pipelines.contract), loaded once.
 
-    def __init__(self, model: Any, info: Mapping[str, Any], version: str) -> None:
+    Inputs go through pipelines.model_inputs, the path evaluate and the MLflow pyfunc use, and
+    answers carry the calibrated probabilities, readable names and `abstain`.
+    """
+
+    def __init__(self, model: Any, info: Mapping[str, Any], version: str, contract: Any = None) -> None:
+        from pipelines.contract import as_contract
+
         self.model, self.info, self.version = model, info, version
+        self.contract = contract if contract is not None else as_contract(info)
 
     @classmethod
     def champion(cls, params: Mapping[str, Any], paths: Paths) -> "Predictor":
@@ -89,33 +97,48 @@ class Predictor:
                 f"{label} cannot be served: missing or unreadable artifact(s): {'; '.join(missing)}. Restore them "
                 f"or roll back (python -m pipelines.registry rollback --model {name})")
         try:
-            model, info = registry.load_version(name, version)
+            model, info, contract = registry.load_served(name, version)
         except (MlflowException, OSError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ChampionUnavailable(f"{label} cannot be loaded: {type(err).__name__}: {first}") from err
-        return cls(model, info, f"{name}/{version.version}")
+        return cls(model, info, f"{name}/{version.version}", contract)
+
+    def predict_one(self, image: bytes, metadata: Mapping[str, Any] | None = None, k: int = 5) -> dict[str, Any]:
+        """One upload -> {"model", "label", "name", "probability", "abstain", "top": [...]}.
+
+        Raises pipelines.model_inputs.InvalidInput (its `field`: image, age, sex, localization;
+        `reason`: an ImageReason code or invalid_metadata) for an unusable upload.
+        """
+        from pipelines.model_inputs import diagnose
+
+        return {"model": self.version, **diagnose(self.model, self.contract, [image], [metadata], k)[0]}
 
     def predict(self, images: list[bytes], metadata: Mapping[str, Any] | None = None,
                 k: int = 5) -> list[dict[str, Any]]:
-        """One result per image: top-k diagnoses, or an error entry for an unusable upload."""
-        from pipelines.data import decode_image   # TensorFlow: only once there is an image to score
-        from pipelines.inference import metadata_for, top_k
+        """One result per image (one model call for all): an answer, or an error entry."""
+        from pipelines.calibration import apply_temperature
+        from pipelines.model_inputs import (InvalidInput, answers, image_pixels, metadata_matrix,
+                                            predict_inputs)
 
-        results: list[dict[str, Any]] = []
-        with tempfile.TemporaryDirectory() as tmp:
-            for raw in images:
-                try:
-                    stored = normalize_image(raw, Path(tmp), ImageLimits(store_max_side=512))
-                except ImageRejected as err:
-                    results.append({"error": str(err.reason), "detail": err.detail})
-                    continue
-                pixels = decode_image(str(stored.stored_path), int(self.info["image_size"])).numpy()[None]
-                inputs: dict[str, np.ndarray] = {"image": pixels.astype(np.float32)}
-                meta = metadata_for(pd.DataFrame([dict(metadata or {})]), self.info)
-                if meta is not None:
-                    inputs["metadata"] = meta
-                probs = np.asarray(self.model.predict(inputs, verbose=0))
-                results.append({"model": self.version, "top": top_k(probs, self.info["classes"], k)[0]})
+        try:
+            meta = metadata_matrix(self.contract, pd.DataFrame([dict(metadata or {})]))
+        except InvalidInput as err:
+            return [{"error": err.reason, "field": err.field, "detail": err.detail} for _ in images]
+        results: list[dict[str, Any]] = [{} for _ in images]
+        pixels, good = [], []
+        for i, raw in enumerate(images):
+            try:
+                pixels.append(image_pixels(self.contract, raw))
+                good.append(i)
+            except InvalidInput as err:
+                results[i] = {"error": err.reason, "detail": err.detail}
+        if good:
+            inputs = {"image": np.stack(pixels).astype(np.float32)}
+            if meta is not None and meta.shape[1] > 0:
+                inputs["metadata"] = np.repeat(meta, len(good), axis=0)
+            probs = apply_temperature(predict_inputs(self.model, self.contract, inputs), self.contract.temperature)
+            for i, answer in zip(good, answers(self.contract, probs, k)):
+                results[i] = {"model": self.version, **answer}
         return results
 
 

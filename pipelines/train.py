@@ -1,8 +1,11 @@
 """Train stage: one architecture from the zoo on the train split, early-stopped on val.
 
-Writes models/<arch>/ (model.keras, history.json, train_info.json) and one MLflow child run under
-the pipeline's parent run with params, per-epoch metrics and the logged model. A `warm_start`
-candidate (pipelines/warm_start.py) takes the same path from the registry champion's weights.
+Writes models/<arch>/ (model.keras, history.json, train_info.json, contract.json) and one MLflow
+child run under the pipeline's parent run with params, per-epoch metrics and those files. The
+MLflow model itself (the pyfunc, pipelines/pyfunc.py) is logged by evaluate, once the contract
+carries the calibration fitted on validation: what promote registers is the calibrated model.
+A `warm_start` candidate (pipelines/warm_start.py) takes the same path from the registry
+champion's weights.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import pandas as pd
 
 from pipelines import finetune, tracking, warm_start
 from pipelines.config import Paths, load_params, project_root
+from pipelines.contract import from_train_info
+from pipelines.contract import save as save_contract
 from pipelines.data import make_dataset, steps_per_epoch
 from pipelines.datasets import get_adapter
 from pipelines.features import encode_metadata, metadata_layout
@@ -29,9 +34,6 @@ from pipelines.losses import class_weights, make_loss
 from pipelines.manifest import read_labels, read_splits
 from pipelines.schedules import learning_rate
 from pipelines.zoo import build_model, input_size
-
-PIP_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "keras==3.15.1"]
-
 
 def model_inputs_info(dataset: str, use_metadata: bool) -> dict[str, Any]:
     """How metadata is encoded for this data set (saved with the model so serving matches)."""
@@ -153,10 +155,11 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         mlflow.log_metrics({"train_seconds": seconds, "epochs_run": len(hist["loss"])})
         mlflow.log_artifact(str(out / "train_info.json"), artifact_path="medscan")
         mlflow.log_artifact(str(out / "history.json"), artifact_path="medscan")
+        contract = save_contract(from_train_info(train_info, params), out / "contract.json")
+        mlflow.log_artifact(str(contract), artifact_path="medscan")
         # sha256 of every train+val image: the promotion gate never compares on these.
         fingerprint = write_fingerprint(paths.train_fingerprint(arch), training_fingerprint(frames))
         mlflow.log_artifact(str(fingerprint), artifact_path="medscan")
-        mlflow.tensorflow.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS)
     return train_info
 
 

@@ -9,6 +9,7 @@ import copy
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -55,6 +56,13 @@ def _distance(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def test_fine_tunes_the_champion_and_writes_a_normal_candidate(project, monkeypatch):
     paths, params = project
     scratch = train(ARCH, paths, params)
+    # evaluate logs the registered model (the calibrated pyfunc); here with the uncalibrated contract
+    from pipelines.contract import load as load_contract
+    from pipelines.pyfunc import log_pyfunc
+
+    with mlflow.start_run(run_id=scratch["run_id"]):
+        log_pyfunc(paths.model_dir(ARCH) / "model.keras", load_contract(paths.model_dir(ARCH) / "contract.json"),
+                   paths.model_dir(ARCH).parent)
     client = MlflowClient()
     name = registry.model_name(params)
     version = registry.register(client, name, scratch["run_id"], {"medscan.arch": ARCH})
@@ -94,7 +102,7 @@ def test_fine_tunes_the_champion_and_writes_a_normal_candidate(project, monkeypa
     assert run.data.tags["medscan.arch"] == CANDIDATE
     assert float(run.data.params["train.learning_rate"]) == pytest.approx(
         0.1 * float(params["train"]["learning_rate"]))
-    assert [a.path for a in client.list_artifacts(info["run_id"], "model")]   # model logged
+    assert "medscan/contract.json" in {a.path for a in client.list_artifacts(info["run_id"], "medscan")}
 
     # Champion trained on other classes: the candidate refuses rather than mislabel its outputs.
     write_labels(list(reversed(scratch["classes"])), paths.labels)
