@@ -1,10 +1,11 @@
 """Evaluate stage: score one trained architecture on the validation and the held-out test split.
 
-Writes metrics/<arch>.json (DVC metrics; the comparison report's input): `val` (what compare
-selects on), `test` (reported only, never used to choose) and their baselines, each metric with a
-95% group-bootstrap interval (`ci95`); plus plots/<arch>/ (confusion matrix, ROC, reliability,
-learning curves, Grad-CAM, all on test) and logs both to the architecture's MLflow run. Every
-architecture is scored on the same rows.
+Writes reports/evaluate/<arch>.json (the full report; the comparison report's input): `val` (what
+compare selects on), `test` (reported only, never used to choose) and their baselines, each metric
+with a 95% group-bootstrap interval (`ci95`); metrics/<arch>.json, its headline numbers (DVC
+metrics, pipelines/dvc_metrics.py); plots/<arch>/ (confusion matrix, ROC, reliability, learning
+curves, Grad-CAM, all on test) with the data of each DVC plot in plots/dvc/<kind>/<arch>.csv; and
+logs them to the architecture's MLflow run. Every architecture is scored on the same rows.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines import tracking
+from pipelines import dvc_metrics, tracking
 from pipelines.bootstrap import metric_intervals
 from pipelines.config import Paths, load_params, project_root
 from pipelines.gradcam import gradcam, save_gradcam_grid
@@ -101,11 +102,14 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
 
     plots = paths.plots_dir(arch)
     plots.mkdir(parents=True, exist_ok=True)
-    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), classes, plots / "confusion_matrix.png")
-    plot_roc_curves(y_true, probs, classes, plots / "roc.png")
-    plot_reliability(results["reliability"], plots / "reliability.png")
+    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), classes, plots / "confusion_matrix.png",
+                          data=paths.plot_data("confusion", arch))
+    plot_roc_curves(y_true, probs, classes, plots / "roc.png", data=paths.plot_data("roc", arch))
+    plot_reliability(results["reliability"], plots / "reliability.png",
+                     data=paths.plot_data("calibration", arch))
     history = json.loads((paths.model_dir(arch) / "history.json").read_text(encoding="utf-8"))
-    plot_learning_curves(history, plots / "learning_curves.png")
+    plot_learning_curves(history, plots / "learning_curves.png",
+                         data=paths.plot_data("learning_curves", arch))
     sample = gradcam_sample(test, int(ep.get("gradcam_per_class", 2)))
     render_gradcam(model, info, sample, paths.root, probs[test.index.get_indexer(sample.index)],
                    plots / "gradcam.png")
@@ -118,9 +122,10 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
                                            "run_id", "split_sizes")},
         "bootstrap": results["ci95"]["bootstrap"],
     }
-    out = paths.metrics_file(arch)
+    out = paths.eval_report(arch)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    dvc_metrics.write(paths.metrics_file(arch), dvc_metrics.evaluation(report))
 
     tracking.configure(paths, info["dataset"])
     with mlflow.start_run(run_id=info["run_id"]):

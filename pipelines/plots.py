@@ -1,4 +1,6 @@
-"""Evaluation figures (PNG) plus the CSV beside each one that `dvc plots` can render and diff.
+"""Evaluation figures (PNG) plus the CSV of each one that `dvc plots` can render and diff.
+
+The CSV goes beside the PNG unless `data=` names its path (evaluate: plots/dvc/<kind>/<arch>.csv).
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot global state, no
 display needed), and long class names (DermNet: "Melanoma Skin Cancer Nevi and Moles") are wrapped
@@ -64,6 +66,7 @@ def plot_confusion_matrix(
     class_names: Sequence[str],
     path: Path | str,
     normalize: bool = True,
+    data: Path | None = None,
 ) -> Path:
     """Confusion matrix heatmap (rows = true class); normalised rows read as per-class sensitivity.
 
@@ -102,12 +105,13 @@ def plot_confusion_matrix(
         (class_names[i], class_names[j])
         for i in range(k) for j in range(k) for _ in range(int(counts[i, j]))
     ]
-    _write_csv(out.with_suffix(".csv"), ("actual", "predicted"), rows)
+    _write_csv(data or out.with_suffix(".csv"), ("actual", "predicted"), rows)
     return out
 
 
 def plot_roc_curves(
-    y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], path: Path | str
+    y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], path: Path | str,
+    data: Path | None = None,
 ) -> Path:
     """One-vs-rest ROC per class plus the macro average (mean TPR on a common FPR grid).
 
@@ -161,11 +165,12 @@ def plot_roc_curves(
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     out = _save(fig, path)
-    _write_csv(out.with_suffix(".csv"), ("class", "fpr", "tpr"), rows)
+    _write_csv(data or out.with_suffix(".csv"), ("class", "fpr", "tpr"), rows)
     return out
 
 
-def plot_reliability(reliability_bins: Sequence[Mapping[str, Any]], path: Path | str) -> Path:
+def plot_reliability(reliability_bins: Sequence[Mapping[str, Any]], path: Path | str,
+                     data: Path | None = None) -> Path:
     """Reliability diagram (accuracy vs confidence per bin, gap to the diagonal) and bin counts.
 
     Takes the `reliability` list of classification_metrics; empty bins are drawn as gaps. Also
@@ -208,7 +213,7 @@ def plot_reliability(reliability_bins: Sequence[Mapping[str, Any]], path: Path |
     hist.set_ylabel("Count")
     out = _save(fig, path)
     _write_csv(
-        out.with_suffix(".csv"),
+        data or out.with_suffix(".csv"),
         ("confidence", "accuracy", "count", "lower", "upper"),
         [(b.get("confidence"), b.get("accuracy"), counts[i], lowers[i], uppers[i])
          for i, b in enumerate(bins)],
@@ -220,7 +225,8 @@ def _series(history: Mapping[str, Sequence[float]], key: str) -> np.ndarray:
     return np.asarray([np.nan if v is None else float(v) for v in history[key]], dtype=np.float64)
 
 
-def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path | str) -> Path:
+def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path | str,
+                         data: Path | None = None) -> Path:
     """Train vs validation curves of each metric in a Keras History dict, plus the learning rate.
 
     Panels: loss first, then accuracy and any other metric logged for training; a log-scale LR panel
@@ -275,5 +281,5 @@ def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path | st
         ]
         for epoch in range(length)
     ]
-    _write_csv(out.with_suffix(".csv"), ["epoch", *keys], table)
+    _write_csv(data or out.with_suffix(".csv"), ["epoch", *keys], table)
     return out
