@@ -123,3 +123,51 @@ def test_publish_tags_the_registered_version(tmp_path, mlflow_store):
     paths.promotion.write_text(json.dumps({"model_name": "medscan-toy", "registered": False,
                                            "candidate_version": None}))
     assert lineage.tag_published_version(tmp_path, "c0ffee", "r")["tagged"] is None
+
+
+def test_the_plots_page_renders_offline_in_a_browser(tmp_path):
+    """dvc.yaml's plot definitions + the vendored page, in Chromium with every outside request
+    refused: every chart draws, nothing is fetched, no script error."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    playwright = __import__("pytest").importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        __import__("pytest").skip("no Chromium installed")
+    from pipelines.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability, plot_roc_curves
+
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copytree(PROJECT / ".dvc" / "plots", tmp_path / ".dvc" / "plots")
+    plots = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["plots"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}))
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    y, p = rng.integers(0, 3, 60), rng.dirichlet(np.ones(3), 60)
+    full = classification_metrics(y, p, classes, top_k=2)
+    data = tmp_path / "plots" / "dvc"
+    png = tmp_path / "png"
+    plot_confusion_matrix(np.asarray(full["confusion_matrix"]), classes, png / "c.png", data=data / "confusion" / "m.csv")
+    plot_roc_curves(y, p, classes, png / "r.png", data=data / "roc" / "m.csv")
+    plot_reliability(full["reliability"], png / "q.png", data=data / "calibration" / "m.csv")
+    plot_learning_curves({"loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "accuracy": [0.3, 0.5],
+                          "val_accuracy": [0.2, 0.4]}, png / "l.png", data=data / "learning_curves" / "m.csv")
+    subprocess.run([dvc, "plots", "show", "--html-template", str(PROJECT / "vendor" / "vega" / "offline.html"),
+                    "-o", "out"], cwd=tmp_path, check=True, capture_output=True)
+    outside, errors = [], []
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file://")
+                   else (outside.append(r.request.url), r.abort()))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((tmp_path / "out" / "index.html").as_uri())
+        page.wait_for_selector(".vega-embed svg, .vega-embed canvas")
+        page.wait_for_timeout(1000)
+        drawn = page.locator(".vega-embed svg, .vega-embed canvas").count()
+        browser.close()
+    assert drawn >= 4 and outside == [] and errors == []
