@@ -4,6 +4,8 @@
 #   make serve  the clinician web app on http://127.0.0.1:8000 (serves the registry's champion)
 #   make real DATASET=<ham10000|malaria|dermnet> DATA=<root of the native layout>
 #               train the recommended configuration (configs/<dataset>.yaml) and promote a champion
+#   make plots  the DVC plots of the workspace (REVS="exp-a exp-b" compares revisions) in
+#               dvc_plots/index.html, offline (Vega vendored in vendor/vega/offline.html)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -17,7 +19,7 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test real lock serve mlflow-ui airflow airflow-stop bench clean
+.PHONY: install demo test real plots lock serve mlflow-ui airflow airflow-stop bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +42,9 @@ real: install
 	@test -n "$(DATASET)" -a -n "$(DATA)" || { echo "usage: make real DATASET=<ham10000|malaria|dermnet> DATA=<root> [SET='train.epochs=1 ...']"; exit 2; }
 	python -m pipelines.intake --init
 	python scripts/real.py $(DATASET) --data "$(DATA)" $(foreach s,$(SET),--set $(s))
+
+plots: install
+	dvc plots $(if $(REVS),diff $(REVS),show) --html-template vendor/vega/offline.html -o dvc_plots
 
 lock:
 	$(BIN)/uv pip compile -q requirements.in -o requirements.lock --python-version 3.11

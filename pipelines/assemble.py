@@ -87,7 +87,7 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     if wanted < 2:
         raise ValueError(f"ensemble.members must be at least 2, got {wanted}")
     archs = [a for a in params.get("architectures") or [] if a not in DERIVED]
-    docs = {a: json.loads(f.read_text(encoding="utf-8")) if (f := paths.metrics_file(a)).exists() else None
+    docs = {a: json.loads(f.read_text(encoding="utf-8")) if (f := paths.eval_report(a)).exists() else None
             for a in archs}
     ranked, excluded = rank_by_validation(docs, metric)
 

@@ -1,6 +1,6 @@
 """The `compare` stage: one report that puts every trained architecture side by side.
 
-Reads metrics/<arch>.json and plots/<arch>/*.png (written by evaluate) and writes
+Reads reports/evaluate/<arch>.json and plots/<arch>/*.png (written by evaluate) and writes
 reports/compare/compare.md, compare.html (self-contained: images inlined as base64) and
 compare.json (rows, ranking by the VALIDATION value of params `promote.metric`, best arch) that
 `promote` consumes. Why validation: picking the best of N noisy test scores and reporting it as
@@ -437,7 +437,7 @@ def compute_report(
 
     Copies each arch's plots into out_dir/img/ (the Markdown page links them there).
 
-    metrics_by_arch: arch -> the evaluate stage's metrics/<arch>.json (order kept for display).
+    metrics_by_arch: arch -> the evaluate stage's reports/evaluate/<arch>.json (order kept for display).
     plots_root: folder holding <arch>/<plot>.png. split_sizes: {"train", "val", "test"} counts for
     the header; defaults to `training.split_sizes` (or top-level `split_sizes`) in the metrics JSON,
     else only the test n is known.
@@ -610,12 +610,12 @@ def main() -> None:
         raise ValueError("params.yaml lists no `architectures` to compare")
     metrics_by_arch: dict[str, dict] = {}
     for arch in archs:
-        path = paths.metrics_file(arch)
+        path = paths.eval_report(arch)
         if not path.exists():
             raise FileNotFoundError(f"{path} missing: run `dvc repro evaluate@{arch}` first")
         metrics_by_arch[arch] = json.loads(path.read_text(encoding="utf-8"))
     out_dir = paths.reports / REPORT_DIRNAME
-    # Split sizes come from the metrics JSON (training.split_sizes), a declared dependency.
+    # Split sizes come from the evaluation report (training.split_sizes), a declared dependency.
     result = build_report(
         metrics_by_arch, paths.plots_dir(archs[0]).parent, out_dir, params["promote"]["metric"]
     )

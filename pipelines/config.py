@@ -105,10 +105,25 @@ class Paths:
         return self.model_dir(arch) / "skipped.json"
 
     def metrics_file(self, arch: str) -> Path:
+        """The architecture's headline numbers (DVC metrics: what `dvc metrics show` prints)."""
         return self._candidates(arch) / "metrics" / f"{arch}.json"
+
+    def eval_report(self, arch: str) -> Path:
+        """The full evaluation report of one architecture (plain output; compare and promote read it)."""
+        return self._candidates(arch) / "reports" / "evaluate" / f"{arch}.json"
+
+    def stage_metrics(self, stage: str) -> Path:
+        """A stage's few headline numbers (DVC metrics); its full report stays a plain output."""
+        return self.root / "metrics" / f"{stage}.json"
 
     def plots_dir(self, arch: str) -> Path:
         return self.root / "plots" / arch
+
+    def plot_data(self, kind: str, arch: str) -> Path:
+        """Data of one DVC plot kind (confusion, roc, learning_curves, calibration) per
+        architecture: one folder per kind, so dvc.yaml's top-level `plots:` gives each kind its
+        template and x/y once, whatever `architectures` lists."""
+        return self.root / "plots" / "dvc" / kind / f"{arch}.csv"
 
     @property
     def webapp_state(self) -> Path:

@@ -1,10 +1,11 @@
 """Evaluate stage: score one trained architecture on the validation and the held-out test split.
 
-Writes metrics/<arch>.json (DVC metrics; the comparison report's input): `val` (what compare
-selects on), `test` (reported only, never used to choose) and their baselines, each metric with a
-95% group-bootstrap interval (`ci95`); plus plots/<arch>/ (confusion matrix, ROC, reliability,
-learning curves, Grad-CAM, all on test) and logs both to the architecture's MLflow run. Every
-architecture is scored on the same rows.
+Writes reports/evaluate/<arch>.json (the full report; the comparison report's input): `val` (what
+compare selects on), `test` (reported only, never used to choose) and their baselines, each metric
+with a 95% group-bootstrap interval (`ci95`); metrics/<arch>.json, its headline numbers (DVC
+metrics, pipelines/dvc_metrics.py); plots/<arch>/ (confusion matrix, ROC, reliability, learning
+curves, Grad-CAM, all on test) with the data of each DVC plot in plots/dvc/<kind>/<arch>.csv; and
+logs them to the architecture's MLflow run. Every architecture is scored on the same rows.
 
 Calibration (pipelines/calibration.py): a temperature and an abstention threshold are fitted on
 val (`evaluate.abstain_target_precision`), reported on test in `calibration`, written into the
@@ -26,7 +27,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines import tracking
+from pipelines import dvc_metrics, tracking
 from pipelines.bootstrap import metric_intervals
 from pipelines.calibration import calibration_report
 from pipelines.config import Paths, load_params, project_root
@@ -38,8 +39,8 @@ from pipelines.model_inputs import model_inputs
 from pipelines.manifest import read_splits
 from pipelines.metrics import (age_band, classification_metrics, flatten_for_logging,
                                majority_baseline, subgroup_metrics)
-from pipelines.plots import (plot_confusion_matrix, plot_learning_curves, plot_reliability,
-                             plot_roc_curves)
+from pipelines.plots import (PLOT_COLUMNS, plot_confusion_matrix, plot_learning_curves, plot_reliability,
+                             plot_roc_curves, write_empty_plot_data)
 from pipelines.profiling import profile_model
 
 
@@ -87,12 +88,16 @@ def score_split(model, info: ModelContract | Mapping[str, Any], frame: pd.DataFr
 
 
 def write_skipped(paths: Paths, arch: str) -> dict[str, Any]:
-    """metrics/<arch>.json says why there is nothing to score; compare leaves it out."""
+    """The report says why there is nothing to score (compare lists it as skipped); the other
+    declared DVC outputs exist and are empty."""
     marker = json.loads(paths.skipped(arch).read_text(encoding="utf-8"))
     report = {"skipped": marker["skipped"], "arch": arch}
-    paths.metrics_file(arch).parent.mkdir(parents=True, exist_ok=True)
-    paths.metrics_file(arch).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    paths.plots_dir(arch).mkdir(parents=True, exist_ok=True)  # a declared DVC output
+    for path in (paths.eval_report(arch), paths.metrics_file(arch)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    paths.plots_dir(arch).mkdir(parents=True, exist_ok=True)
+    for kind in PLOT_COLUMNS:
+        write_empty_plot_data(paths.plot_data(kind, arch), kind)
     return report
 
 
@@ -144,11 +149,14 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     progress("plots")
     plots = paths.plots_dir(arch)
     plots.mkdir(parents=True, exist_ok=True)
-    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), classes, plots / "confusion_matrix.png")
-    plot_roc_curves(y_true, probs, classes, plots / "roc.png")
-    plot_reliability(results["reliability"], plots / "reliability.png")
+    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), classes, plots / "confusion_matrix.png",
+                          data=paths.plot_data("confusion", arch))
+    plot_roc_curves(y_true, probs, classes, plots / "roc.png", data=paths.plot_data("roc", arch))
+    plot_reliability(results["reliability"], plots / "reliability.png",
+                     data=paths.plot_data("calibration", arch))
     history = json.loads((paths.model_dir(arch) / "history.json").read_text(encoding="utf-8"))
-    plot_learning_curves(history, plots / "learning_curves.png")
+    plot_learning_curves(history, plots / "learning_curves.png",
+                         data=paths.plot_data("learning_curves", arch))
     sample = gradcam_sample(test, int(ep.get("gradcam_per_class", 2)))
     progress(f"Grad-CAM on {len(sample)} test images")
     render_gradcam(model, contract, sample, paths.root, probs[test.index.get_indexer(sample.index)],
@@ -163,9 +171,10 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
                                            "run_id", "split_sizes")},
         "bootstrap": results["ci95"]["bootstrap"],
     }
-    out = paths.metrics_file(arch)
+    out = paths.eval_report(arch)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    dvc_metrics.write(paths.metrics_file(arch), dvc_metrics.evaluation(report))
 
     progress("logging metrics and plots to MLflow")
     tracking.configure(paths, info["dataset"])

@@ -323,12 +323,15 @@ def _identity(root: Path) -> list[str]:
 INTAKE_GIT_PATHS = ("data/intake.dvc", "data/.gitignore")
 
 
-def publish(root: Path, git_paths: Sequence[str], message: str, *, push: bool = True) -> dict[str, Any]:
+def publish(root: Path, git_paths: Sequence[str], message: str, *, push: bool = True,
+            run_id: str | None = None) -> dict[str, Any]:
     """Commit what the run changed (dvc.lock, .dvc files, DVC's .gitignores) and `dvc push`.
 
     Only `git_paths` are committed (`git commit -- paths`), never other staged work in the
     checkout. `dvc push` goes to the default remote (.dvc/config: dvc-remote/, or S3 when
-    configured). MEDSCAN_GIT_PUSH=<remote> also pushes the commit.
+    configured). MEDSCAN_GIT_PUSH=<remote> also pushes the commit. The registered version of
+    this run then gets the commit and the run id (`run_id`, default the Airflow run id Airflow
+    exports to its tasks) as tags (pipelines/lineage.py).
     """
     root = Path(root)
     git_paths = list(dict.fromkeys([*git_paths, *INTAKE_GIT_PATHS]))
@@ -355,7 +358,10 @@ def publish(root: Path, git_paths: Sequence[str], message: str, *, push: bool = 
         if commit and remote:
             done = _git(root, "push", remote, "HEAD")
             _check(done.returncode, redact(done.stdout + done.stderr), f"git push {redact(remote)}")
-    return redact_value({"commit": commit, "committed": staged, "dvc_push": pushed})
+    from pipelines.lineage import tag_published_version
+
+    version = tag_published_version(root, commit, run_id or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"))
+    return redact_value({"commit": commit, "committed": staged, "dvc_push": pushed, "version": version})
 
 
 OUTCOME_KEYS = ("model_name", "blessed", "reason", "metric", "candidate_arch", "candidate_version",

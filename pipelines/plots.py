@@ -1,4 +1,6 @@
-"""Evaluation figures (PNG) plus the CSV beside each one that `dvc plots` can render and diff.
+"""Evaluation figures (PNG) plus the CSV of each one that `dvc plots` can render and diff.
+
+The CSV goes beside the PNG unless `data=` names its path (evaluate: plots/dvc/<kind>/<arch>.csv).
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot global state, no
 display needed), and long class names (DermNet: "Melanoma Skin Cancer Nevi and Moles") are wrapped
@@ -50,6 +52,20 @@ def _save(fig: Figure, path: Path | str) -> Path:
     return out
 
 
+# The columns of each DVC plot's data file (dvc.yaml `plots:` names their x and y).
+PLOT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "confusion": ("actual", "predicted"),
+    "roc": ("class", "fpr", "tpr"),
+    "calibration": ("confidence", "accuracy", "count", "lower", "upper"),
+    "learning_curves": ("epoch",),   # followed by every series the history holds
+}
+
+
+def write_empty_plot_data(path: Path, kind: str) -> Path:
+    """A header-only data file: a skipped candidate still has the outputs DVC declares."""
+    return _write_csv(path, PLOT_COLUMNS[kind], [])
+
+
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
@@ -64,6 +80,7 @@ def plot_confusion_matrix(
     class_names: Sequence[str],
     path: Path | str,
     normalize: bool = True,
+    data: Path | None = None,
 ) -> Path:
     """Confusion matrix heatmap (rows = true class); normalised rows read as per-class sensitivity.
 
@@ -102,12 +119,13 @@ def plot_confusion_matrix(
         (class_names[i], class_names[j])
         for i in range(k) for j in range(k) for _ in range(int(counts[i, j]))
     ]
-    _write_csv(out.with_suffix(".csv"), ("actual", "predicted"), rows)
+    _write_csv(data or out.with_suffix(".csv"), PLOT_COLUMNS["confusion"], rows)
     return out
 
 
 def plot_roc_curves(
-    y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], path: Path | str
+    y_true: np.ndarray, y_prob: np.ndarray, class_names: Sequence[str], path: Path | str,
+    data: Path | None = None,
 ) -> Path:
     """One-vs-rest ROC per class plus the macro average (mean TPR on a common FPR grid).
 
@@ -161,11 +179,12 @@ def plot_roc_curves(
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     out = _save(fig, path)
-    _write_csv(out.with_suffix(".csv"), ("class", "fpr", "tpr"), rows)
+    _write_csv(data or out.with_suffix(".csv"), PLOT_COLUMNS["roc"], rows)
     return out
 
 
-def plot_reliability(reliability_bins: Sequence[Mapping[str, Any]], path: Path | str) -> Path:
+def plot_reliability(reliability_bins: Sequence[Mapping[str, Any]], path: Path | str,
+                     data: Path | None = None) -> Path:
     """Reliability diagram (accuracy vs confidence per bin, gap to the diagonal) and bin counts.
 
     Takes the `reliability` list of classification_metrics; empty bins are drawn as gaps. Also
@@ -208,8 +227,8 @@ def plot_reliability(reliability_bins: Sequence[Mapping[str, Any]], path: Path |
     hist.set_ylabel("Count")
     out = _save(fig, path)
     _write_csv(
-        out.with_suffix(".csv"),
-        ("confidence", "accuracy", "count", "lower", "upper"),
+        data or out.with_suffix(".csv"),
+        PLOT_COLUMNS["calibration"],
         [(b.get("confidence"), b.get("accuracy"), counts[i], lowers[i], uppers[i])
          for i, b in enumerate(bins)],
     )
@@ -220,7 +239,8 @@ def _series(history: Mapping[str, Sequence[float]], key: str) -> np.ndarray:
     return np.asarray([np.nan if v is None else float(v) for v in history[key]], dtype=np.float64)
 
 
-def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path | str) -> Path:
+def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path | str,
+                         data: Path | None = None) -> Path:
     """Train vs validation curves of each metric in a Keras History dict, plus the learning rate.
 
     Panels: loss first, then accuracy and any other metric logged for training; a log-scale LR panel
@@ -275,5 +295,5 @@ def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path | st
         ]
         for epoch in range(length)
     ]
-    _write_csv(out.with_suffix(".csv"), ["epoch", *keys], table)
+    _write_csv(data or out.with_suffix(".csv"), [*PLOT_COLUMNS["learning_curves"], *keys], table)
     return out

@@ -9,14 +9,15 @@ above it) without lowering the sensitivity of a guarded class by more than
 `promote.max_sensitivity_drop`. A champion whose artifacts are gone is recorded as unscorable and
 the floor decides, so a lost artifact never blocks promotion forever. The candidate is registered
 either way, with its lineage and every gate number as tags; only a blessed one gets `champion`.
+Inside `dvc exp run` nothing is registered unless `promote.register_experiments` is true: the
+verdict is still in reports/promotion.json (its headline in metrics/promote.json).
 """
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow
@@ -25,7 +26,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from pipelines import registry, tracking
+from pipelines import dvc_metrics, registry, tracking
 from pipelines.config import Paths, load_params, project_root
 from pipelines.fingerprint import ARTIFACT as FINGERPRINT_ARTIFACT
 from pipelines.fingerprint import check_fingerprint, read_fingerprint, training_fingerprint
@@ -33,19 +34,17 @@ from pipelines.gate import (ALREADY_CHAMPION, COMPARED, NO_CHAMPION, OTHER_LABEL
                             Comparison, Decision,
                             compare_models, decide, fair_test_images, policy_from_params)
 from pipelines.inference import label_indices, load_bundle, predict_frame
+from pipelines.lineage import lineage_tags
 from pipelines.manifest import read_splits
 
 
-def git_commit(root: Path) -> str:
-    """HEAD's commit, with '+dirty' when tracked files differ from it; 'unknown' outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
+EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")   # what `dvc exp run` sets for its stages
+
+
+def registers(pp: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> bool:
+    """Inside `dvc exp run` the gate decides and reports but the registry is left alone, unless
+    `promote.register_experiments` asks (scripts/real.py does): experiments are for comparing."""
+    return not any(env.get(k) for k in EXPERIMENT_ENV) or bool(pp.get("register_experiments", False))
 
 
 def data_hashes(paths: Paths) -> dict[str, str]:
@@ -125,7 +124,7 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     best = compare["best"]
     if best is None:
         raise SystemExit(f"no architecture has a validation {metric}: nothing to promote (see compare.json)")
-    report = json.loads(paths.metrics_file(best).read_text(encoding="utf-8"))
+    report = json.loads(paths.eval_report(best).read_text(encoding="utf-8"))
     info = json.loads((paths.model_dir(best) / "train_info.json").read_text(encoding="utf-8"))
     classes = list(info["classes"])
     policy = policy_from_params(pp, dataset, classes)
@@ -173,7 +172,7 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in decision.checks],
     }
     lineage = {
-        "medscan.git_commit": git_commit(paths.root),
+        **lineage_tags(paths.root),
         **{f"medscan.dvc_md5.{k}": v for k, v in data_hashes(paths).items()},
         "medscan.dataset": dataset, "medscan.arch": best,
         "medscan.split_sizes": json.dumps(info["split_sizes"]),
@@ -185,21 +184,28 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         "medscan.blessing_reason": decision.reason,
     }
     outcome["champion_before"] = None if before is None else int(before.version)
+    register = registers(pp)
     if state == ALREADY_CHAMPION:  # keep the tags of the gate that blessed it
         version = champ.version
-    else:
+    elif register:
         version = registry.register(client, name, info["run_id"], {**lineage, **gate_tags(outcome)})
-    if decision.blessed:
+    else:
+        version = None
+        print(f"promote: inside `dvc exp run` ({os.environ.get('DVC_EXP_NAME') or 'unnamed'}): the "
+              "registry is left alone (-S promote.register_experiments=true registers)", file=sys.stderr)
+    if decision.blessed and version is not None:
         registry.set_champion(client, name, version.version)
     after = registry.version_by_alias(client, name, registry.CHAMPION)
-    outcome.update({"model_name": name, "candidate_version": int(version.version),
+    outcome.update({"model_name": name, "registered": version is not None,
+                    "candidate_version": None if version is None else int(version.version),
                     "champion_after": None if after is None else int(after.version),
-                    "lineage": lineage})
+                    "experiment": os.environ.get("DVC_EXP_NAME"), "lineage": lineage})
     paths.promotion.parent.mkdir(parents=True, exist_ok=True)
     paths.promotion.write_text(json.dumps(outcome, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    dvc_metrics.write(paths.stage_metrics("promote"), dvc_metrics.promotion(outcome))
     with mlflow.start_run(run_id=info["parent_run_id"]):
         mlflow.set_tags({"medscan.blessed": str(decision.blessed).lower(),
-                         "medscan.candidate": f"{name}/{version.version}"})
+                         "medscan.candidate": f"{name}/{'unregistered' if version is None else version.version}"})
         mlflow.log_artifact(str(paths.promotion), artifact_path="medscan")
         mlflow.log_artifacts(str(paths.compare_dir), artifact_path="compare")
     return outcome
@@ -209,9 +215,10 @@ def main() -> None:
     root = project_root()
     out = promote(Paths(root), load_params(root))
     verdict = "BLESSED" if out["blessed"] else "not blessed"
-    print(f"{out['model_name']} v{out['candidate_version']} ({out['candidate_arch']}): {verdict}: "
-          f"{out['reason']}; champion is "
-          f"{'none' if out['champion_after'] is None else 'v' + str(out['champion_after'])}", file=sys.stderr)
+    version = f"v{out['candidate_version']}" if out["registered"] else "(experiment, not registered)"
+    champion = "none" if out["champion_after"] is None else f"v{out['champion_after']}"
+    print(f"{out['model_name']} {version} ({out['candidate_arch']}): {verdict}: "
+          f"{out['reason']}; champion is {champion}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines import dvc_metrics
 from pipelines.config import Paths, load_params, project_root
 from pipelines.manifest import SPLITS, read_manifest, write_manifest
 
@@ -142,6 +143,7 @@ def run(paths: Paths, params: Mapping) -> dict:
     write_manifest(frame, paths.splits)
     paths.split_report.parent.mkdir(parents=True, exist_ok=True)
     paths.split_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    dvc_metrics.write(paths.stage_metrics("split"), dvc_metrics.split(report))
     if report["overlapping_groups"] or report["problems"] or not outcome.success:
         raise SystemExit("split validation failed:\n" + "".join(f"FAIL {p}\n" for p in report["problems"])
                          + outcome.summary())

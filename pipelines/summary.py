@@ -81,11 +81,11 @@ def summary(paths: Paths, params: Mapping[str, Any] | None = None) -> str:
         "  test-split metrics per architecture:",
     ]
     for arch in compare["ranking"]:
-        test = json.loads(paths.metrics_file(arch).read_text(encoding="utf-8"))["test"]
+        test = json.loads(paths.eval_report(arch).read_text(encoding="utf-8"))["test"]
         lines.append(f"    {arch:<24} accuracy {test['accuracy']:.3f}  balanced accuracy "
                      f"{test['balanced_accuracy']:.3f}  macro F1 {test['f1_macro']:.3f}  "
                      f"macro ROC-AUC {test['roc_auc_macro_ovr'] or float('nan'):.3f}")
-    baseline = json.loads(paths.metrics_file(compare["ranking"][0]).read_text(encoding="utf-8"))["baseline"]
+    baseline = json.loads(paths.eval_report(compare["ranking"][0]).read_text(encoding="utf-8"))["baseline"]
     lines += [
         f"    {'majority-class baseline':<24} accuracy {baseline['accuracy']:.3f}  balanced accuracy "
         f"{baseline['balanced_accuracy']:.3f}",

@@ -108,8 +108,8 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
                   steps_per_execution=int(tp.get("steps_per_execution", 1)))
 
     experiment = tracking.configure(paths, dataset)
-    key = f"{dataset}-{tracking.file_digest(paths.splits)}"
-    parent = tracking.parent_run_id(experiment, key, run_name=f"pipeline {key}")
+    key, run_name, named = tracking.execution(dataset, tracking.file_digest(paths.splits), params)
+    parent = tracking.parent_run_id(experiment, key, run_name=run_name, arch=arch, named=named)
     out = paths.model_dir(arch)
     out.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(experiment_id=experiment, run_name=arch, parent_run_id=parent) as run:
@@ -121,6 +121,7 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
                            **flat_params("zoo", spec), "dataset": dataset, "arch": arch,
                            **{f"split.{k}_size": len(v) for k, v in frames.items()},
                            "num_classes": len(classes), "params_count": model.count_params()})
+        tracking.log_split_datasets(frames, dataset, paths.splits)
         callbacks = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(tp["early_stopping_patience"]),
                                           restore_best_weights=True),

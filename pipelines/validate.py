@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from pipelines import dvc_metrics
 from pipelines.bounds import CaseBounds
 from pipelines.config import Paths, load_params, project_root
 from pipelines.datadocs import make_offline
@@ -495,6 +496,7 @@ def run(root: Path, params: Mapping[str, Any], classes: Sequence[str] | None = N
     paths.validation.parent.mkdir(parents=True, exist_ok=True)
     paths.validation.write_text(json.dumps(outcome.to_metrics(), indent=2, default=str) + "\n",
                                 encoding="utf-8")
+    dvc_metrics.write(paths.stage_metrics("validate"), dvc_metrics.validation(outcome.to_metrics()))
     return outcome
 
 

@@ -27,7 +27,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 CONFIGS = PROJECT / "configs"
 DATASETS = ("ham10000", "malaria", "dermnet")
 # Every real run: the demo_data stage still runs in the graph; keep its synthetic set negligible.
-RUN_DEFAULTS: dict[str, Any] = {"demo.images_per_class": 5}
+# Registration is asked for: promote leaves the registry alone inside other `dvc exp run`s.
+RUN_DEFAULTS: dict[str, Any] = {"demo.images_per_class": 5, "promote.register_experiments": True}
 
 
 def load_config(dataset: str, configs: Path = CONFIGS) -> dict[str, Any]:

@@ -221,10 +221,10 @@ def test_main_reads_params_and_writes_reports(
     (root / "params.yaml").write_text(
         yaml.safe_dump({"architectures": archs, "promote": {"metric": "f1_macro"}})
     )
-    (root / "metrics").mkdir()
+    (root / "reports" / "evaluate").mkdir(parents=True)
     for arch in archs:
         docs[arch]["training"]["split_sizes"] = {"train": 280, "val": 60, "test": N_TEST}
-        (root / "metrics" / f"{arch}.json").write_text(json.dumps(docs[arch]))
+        (root / "reports" / "evaluate" / f"{arch}.json").write_text(json.dumps(docs[arch]))
     monkeypatch.setenv("MEDSCAN_ROOT", str(root))
     compare.main()
     out = root / "reports" / "compare"
@@ -283,10 +283,10 @@ def test_skipped_candidates_are_listed_not_ranked(
     archs = ["cnn_small", "warm_start", "cnn_medium"]
     (root / "params.yaml").write_text(yaml.safe_dump({"architectures": archs,
                                                       "promote": {"metric": "balanced_accuracy"}}))
-    (root / "metrics").mkdir()
+    (root / "reports" / "evaluate").mkdir(parents=True)
     for arch in ("cnn_small", "cnn_medium"):
-        (root / "metrics" / f"{arch}.json").write_text(json.dumps(docs[arch]))
-    (root / "metrics" / "warm_start.json").write_text(
+        (root / "reports" / "evaluate" / f"{arch}.json").write_text(json.dumps(docs[arch]))
+    (root / "reports" / "evaluate" / "warm_start.json").write_text(
         json.dumps({"skipped": "no champion to warm-start from", "arch": "warm_start"}))
     monkeypatch.setenv("MEDSCAN_ROOT", str(root))
     compare.main()

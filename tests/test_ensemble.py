@@ -103,9 +103,9 @@ def _val(value: float) -> dict:
 def write_candidate(paths: Paths, arch: str, size: int, seed: int, val: float | None,
                     skipped: str | None = None, classes: list[str] = CLASSES) -> None:
     """What train + evaluate leave for one architecture (a real tiny model, a fake MLflow run id)."""
-    paths.metrics_file(arch).parent.mkdir(parents=True, exist_ok=True)
+    paths.eval_report(arch).parent.mkdir(parents=True, exist_ok=True)
     if skipped:
-        paths.metrics_file(arch).write_text(json.dumps({"skipped": skipped, "arch": arch}))
+        paths.eval_report(arch).write_text(json.dumps({"skipped": skipped, "arch": arch}))
         return
     out = paths.model_dir(arch)
     out.mkdir(parents=True)
@@ -118,7 +118,7 @@ def write_candidate(paths: Paths, arch: str, size: int, seed: int, val: float | 
     (out / "train_info.json").write_text(json.dumps(info))
     write_fingerprint(paths.train_fingerprint(arch), {"format": 1, "splits": ["train", "val"],
                                                       "sha256": [f"sha-{arch}"], "group_ids": [f"g-{arch}"]})
-    paths.metrics_file(arch).write_text(json.dumps({"val": _val(val) if val is not None else None}))
+    paths.eval_report(arch).write_text(json.dumps({"val": _val(val) if val is not None else None}))
 
 
 @pytest.fixture
@@ -200,8 +200,8 @@ def test_skipped_when_off_or_too_few_members(project, change, reason):
     assert sorted(p.name for p in stale.iterdir()) == ["skipped.json"]  # nothing stale to evaluate
     report = evaluate.evaluate(ENSEMBLE, paths, {"evaluate": {}})
     assert report == {"skipped": marker["skipped"], "arch": ENSEMBLE}
-    assert json.loads(paths.metrics_file(ENSEMBLE).read_text()) == report
-    assert paths.metrics_file(ENSEMBLE) == paths.root / "derived" / "metrics" / "ensemble.json"
+    assert json.loads(paths.eval_report(ENSEMBLE).read_text()) == report
+    assert paths.eval_report(ENSEMBLE) == paths.root / "derived" / "reports" / "evaluate" / "ensemble.json"
     assert paths.plots_dir(ENSEMBLE).is_dir()
 
 

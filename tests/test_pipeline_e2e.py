@@ -58,6 +58,16 @@ def test_repro_registers_a_champion_with_lineage(project):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert {r.data.tags["medscan.arch"] for r in children} == {"cnn_small", "cnn_medium", "ensemble"}
     assert all("test_balanced_accuracy" in r.data.metrics for r in children)
+    parents = [r for r in runs if not r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and parents[0].info.run_name.startswith("ham10000 ")   # one execution
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    inputs = client.get_run(children[0].info.run_id).inputs.dataset_inputs
+    assert sorted(t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context") == [
+        "test", "train", "val"]
+    assert all(i.dataset.digest for i in inputs)
+    assert json.loads(tags["medscan.git_changed_files"]) and "+" not in tags["medscan.git_commit"]
+    experiment = client.get_experiment_by_name("medscan-ham10000")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_reports_and_quarantine_are_written(project):
@@ -71,6 +81,60 @@ def test_reports_and_quarantine_are_written(project):
     assert "skipped" not in ensemble and ensemble["val"] is not None and (project / "plots/ensemble/gradcam.png").exists()
     compare = json.loads((project / "reports/compare/compare.json").read_text())
     assert "ensemble" in compare["ranking"] and compare["skipped"] == {}
+
+
+def test_dvc_metrics_show_is_readable(project):
+    out = dvc(project, "metrics", "show")
+    # Before: 6 lines, 79,196 characters, lines up to 13,212 (every value of every report).
+    # After: 6 lines, about 3,000 characters, lines of about 500 (one column per headline key).
+    assert len(out.splitlines()) <= 8 and len(out) < 4500 and max(map(len, out.splitlines())) < 700, out
+    for name in ("cnn_small", "cnn_medium", "validate", "split", "promote"):
+        assert f"metrics/{name}.json" in out, out
+
+
+def test_dvc_plots_have_axes_and_templates(project):
+    # The JSON document first; DVC may add a warning line after it.
+    shown = json.JSONDecoder().raw_decode(dvc(project, "plots", "show", "--json"))[0]["data"]
+    encoding = {path: plot[0]["content"].get("encoding") or plot[0]["content"]["spec"]["encoding"]
+                for path, plot in shown.items()}   # the confusion template is a faceted spec
+    axes = {path: (enc["x"]["field"], enc["y"]["field"]) for path, enc in encoding.items()}
+    assert axes["plots/dvc/confusion/cnn_small.csv"] == ("actual", "predicted")
+    assert axes["plots/dvc/roc/cnn_medium.csv"] == ("fpr", "tpr")
+    assert axes["plots/dvc/calibration/cnn_small.csv"] == ("confidence", "accuracy")
+    assert axes["plots/dvc/learning_curves/cnn_small.csv"][0] == "epoch"
+    assert encoding["plots/dvc/roc/cnn_small.csv"]["color"]["field"] == "class"   # a line per class
+    roc = shown["plots/dvc/roc/cnn_small.csv"][0]["content"]["data"]["values"]
+    assert "macro" in {d["class"] for d in roc} and len({d["class"] for d in roc}) >= 3
+    curves = shown["plots/dvc/learning_curves/cnn_small.csv"][0]["content"]["data"]["values"]
+    assert {"loss", "val_loss", "accuracy"} <= {d["field"] for d in curves}
+    dvc(project, "plots", "show")              # the offline page named in .dvc/config
+    html = (project / "dvc_plots" / "index.html").read_text(encoding="utf-8")
+    assert "vegaEmbed(" in html and "cdn.jsdelivr" not in html and "<script src" not in html
+
+
+def test_an_experiment_leaves_the_registry_alone(project):
+    """Inside `dvc exp run` promote decides and reports, but sets no alias and registers nothing."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient()
+    name = "medscan-ham10000"
+    champion = client.get_model_version_by_alias(name, "champion").version
+    client.delete_registered_model_alias(name, "champion")      # no champion: a plain run would bless
+    saved = {f: (project / f).read_text() for f in ("params.yaml", "dvc.lock")}
+    try:
+        dvc(project, "exp", "run", "-n", "floor-up", "-S", "promote.floor=0.01")   # reruns promote only
+        outcome = json.loads((project / "reports" / "promotion.json").read_text())
+        assert outcome["registered"] is False and outcome["candidate_version"] is None
+        assert outcome["experiment"] == "floor-up" and outcome["champion_after"] is None
+        assert not client.get_registered_model(name).aliases
+        assert json.loads((project / "metrics" / "promote.json").read_text())["candidate_version"] is None
+    finally:
+        client.set_registered_model_alias(name, "champion", champion)
+        for f, text in saved.items():
+            (project / f).write_text(text)
+        dvc(project, "checkout", "--force")
 
 
 def test_second_repro_is_a_no_op(project):

@@ -253,8 +253,8 @@ def _candidate(root: Path, arch: str, seed: int, fingerprint: dict) -> None:
         mlflow.log_artifact(str(paths.train_fingerprint(arch)), artifact_path="medscan")
         mlflow.tensorflow.log_model(model, name="model", pip_requirements=["keras"])
     metrics = {"val": {BA: 0.61}, "test": {BA: 0.55, "ci95": {BA: [0.4, 0.7]}}}
-    paths.metrics_file(arch).parent.mkdir(exist_ok=True)
-    paths.metrics_file(arch).write_text(json.dumps(metrics))
+    paths.eval_report(arch).parent.mkdir(parents=True, exist_ok=True)
+    paths.eval_report(arch).write_text(json.dumps(metrics))
     paths.compare_dir.mkdir(parents=True, exist_ok=True)
     (paths.compare_dir / "compare.json").write_text(json.dumps({"best": arch, "rank_split": "val"}))
 
@@ -310,6 +310,7 @@ def test_promote_first_champion_fair_comparison_and_unscorable_champion(tmp_path
     assert json.loads(tags["medscan.gate.comparison"])["n_compared"] == 16
     assert tags["medscan.gate.champion_state"] == "compared" and tags["medscan.val_balanced_accuracy"]
     assert {f"medscan.gate.{k}" for k in second if k not in ("blessed", "reason", "lineage", "model_name",
+                                                            "registered", "experiment",
                                                             "candidate_version", "champion_after")} <= set(tags)
 
     # 3. a champion without a fingerprint (trained before they were recorded): nothing can be

@@ -53,7 +53,7 @@ def test_main_exits_nonzero_without_a_champion(tmp_path: Path, monkeypatch: pyte
     for path, doc in ((paths.promotion, _promotion()),
                       (paths.compare_dir / "compare.json", {"ranking": ["cnn_medium"]}),
                       (paths.split_report, {"sizes": [10, 5, 5], "overlapping_groups": 0}),
-                      (paths.metrics_file("cnn_medium"), {
+                      (paths.eval_report("cnn_medium"), {
                           "test": {"accuracy": 0.3, "balanced_accuracy": 0.31, "f1_macro": 0.2,
                                    "roc_auc_macro_ovr": None},
                           "baseline": {"accuracy": 0.3, "balanced_accuracy": 0.14}})):

@@ -119,7 +119,7 @@ def test_skipped_without_a_champion_and_when_off(project):
 
     report = evaluate(CANDIDATE, paths, params)
     assert report == {"skipped": marker["skipped"], "arch": CANDIDATE}
-    assert json.loads(paths.metrics_file(CANDIDATE).read_text()) == report
+    assert json.loads(paths.eval_report(CANDIDATE).read_text()) == report
     assert paths.plots_dir(CANDIDATE).is_dir()
 
     params["train"]["warm_start"] = None
