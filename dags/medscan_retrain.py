@@ -301,7 +301,7 @@ def build_watch_dag(settings: orchestrate.Settings) -> DAG:
 
 `wait_for_labels` waits (deferred: no worker slot) up to {WATCH_TIMEOUT_S // 60} min for
 `{labels}`; when it appears, `announce_drop` updates the asset `{asset.name}`, which triggers
-`medscan_retrain_{settings.dataset}`. The retrain's intake moves the drop to `processed/`.
+`medscan_retrain_{settings.dataset}`. The retrain's intake moves the drop to `<drop folder>.processed/`.
 No drop: the run ends *skipped* (soft fail), not failed.
 """,
         schedule=CronTriggerTimetable(settings.watch_schedule or orchestrate.DEFAULT_WATCH_SCHEDULE,
@@ -317,7 +317,7 @@ No drop: the run ends *skipped* (soft fail), not failed.
 
         @task(task_id="announce_drop", outlets=[asset])
         def announce_drop() -> dict[str, Any]:
-            files = [p for p in settings.drop_folder.iterdir() if p.name != "processed"]
+            files = list(settings.drop_folder.iterdir())  # the archive lives beside the drop, not in it
             note = {"drop_folder": str(settings.drop_folder), "entries": len(files)}
             get_current_context()["outlet_events"][asset].extra = note
             log.info("drop waiting in %s (%d entries): triggering the retrain", settings.drop_folder, len(files))

@@ -219,7 +219,7 @@ def run_stage(root: Path, stage: str, *, force: bool = False) -> dict[str, Any]:
 
 
 def drop_waiting(drop: Path) -> bool:
-    """A drop is waiting while its labels.csv is there (intake moves it to processed/)."""
+    """A drop is waiting while its labels.csv is there (intake moves it to <drop>.processed/)."""
     return (Path(drop) / LABELS_FILE).is_file()
 
 
