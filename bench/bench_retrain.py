@@ -255,7 +255,10 @@ def report_md(s: dict) -> str:
         "scored higher). Per run, scratch: "
         + ", ".join(f"{r['val_balanced_accuracy']:.4f}" for r in s["runs"] if r["arch"] == SCRATCH)
         + "; warm: " + ", ".join(f"{r['val_balanced_accuracy']:.4f}" for r in s["runs"] if r["arch"] == WARM)
-        + f". The champion itself scores {s['champion_on_new_val']:.4f} on the new validation split.",
+        + f". The champion itself scores {s['champion_on_new_val']:.4f} on the new validation split: a warm "
+        "start refines the champion it starts from, so its score follows that champion's seed (here the one "
+        f"that cleared the floor at {champ['attempts'][-1]['val_balanced_accuracy']:.4f}), while each scratch "
+        "run draws a fresh seed.",
         "",
         f"Caveats: the seed-to-seed spread of a from-scratch cnn_medium at {p['image_size']} px / {p['epochs']} "
         "epochs is large (see the "
