@@ -1,19 +1,24 @@
-"""Retrain after a 1% delivery: warm start (fine-tune the champion) against a from-scratch retrain.
+"""Whole retrain after a 1% delivery: warm (incremental ingest + warm start) vs from scratch.
 
-On ../shared/data/ham10000, in one process and one throw-away project:
-  1. ingest the whole data set and split it once (pipelines.split.run); hold back 1% of the lesion
-     groups as the 'delivery'. The other 99% keep the split they have in the full frame, which is
-     what a group-keyed split guarantees (no existing image moves when cases are added);
-  2. train cnn_medium from scratch on the 99% splits and register it as the champion once it
-     clears promote.floor on validation, as the pipeline's gate would (next seed otherwise);
-  3. with the delivery added, `--repeat` times, alternating which goes first:
-     (a) a from-scratch retrain of cnn_medium, (b) the `warm_start` candidate (fine-tunes the
-     champion: train.warm_start_epochs_factor x epochs at train.warm_start_lr_factor x lr).
-Timed per retrain: pipelines.train.train (tf.data setup, registry download of the champion for (b),
-fit, save, MLflow logging with the logged model) plus scoring the saved model on the validation
-split (load + predict + balanced accuracy). Not timed: ingest, split, the TensorFlow import, and
-the test-split score (reported for information only). Medians over the runs; each run uses
-train.seed 42 + run index, the same seed for (a) and (b).
+On ../shared/data/ham10000, in one process and one throw-away project. Two source copies are
+built in the work dir (plain file copies): `src99` without 1% of the lesion groups (chosen with a
+fixed seed: the delivery) and `src100`, the whole set. Setup, not timed: ingest src99 with a cold
+ingest cache, split it (pipelines.split.run), train cnn_medium from scratch and register it as the
+champion once its validation balanced accuracy clears promote.floor (next seed otherwise, as the
+gate never blesses a model under the floor); then snapshot the ingest cache as the 99% run left it.
+
+Then `--repeat` times, alternating which goes first, the WHOLE retrain on src100:
+  (a) scratch: ingest src100 with a COLD cache, split, train cnn_medium from scratch, score val;
+  (b) warm:    ingest src100 with the 99% cache snapshot (decodes only the delivery), split,
+               train the `warm_start` candidate (fine-tunes the champion: train.warm_start_epochs_factor
+               x epochs at train.warm_start_lr_factor x learning rate), score val.
+Timed parts: `pipelines.ingest.ingest` (scan, hash, decode what the cache lacks, copy the store,
+manifest), `pipelines.split.run` (+ its GE check and reading the split frames),
+`pipelines.train.train` (tf.data setup, the champion's download for (b), fit, save, MLflow logging)
+and the validation score of the saved model (load + predict + balanced accuracy). Not timed: deleting
+the stage outputs before each run (as `dvc repro` does), putting the cold / snapshot cache in
+place, the TensorFlow import, the test-split score (reported for information). Each run uses
+train.seed 42 + run index, the same seed for (a) and (b). Medians over the runs.
 
     python -m bench.bench_retrain --image-size 64 --epochs 10 --repeat 3
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import os
 import platform
@@ -39,6 +45,9 @@ from tests.conftest import SHARED_DATA  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 SCRATCH, WARM = "cnn_medium", "warm_start"
+KIND = {SCRATCH: "scratch", WARM: "warm"}
+PARTS = ("ingest_s", "split_s", "train_s", "val_score_s", "total_s")
+METADATA = "HAM10000_metadata.csv"
 
 
 def balanced_accuracy(model, info: dict, frame, root: Path) -> float:
@@ -50,8 +59,58 @@ def balanced_accuracy(model, info: dict, frame, root: Path) -> float:
     return float(balanced_accuracy_score(label_indices(frame, info["classes"]), probs.argmax(axis=1)))
 
 
-def retrain(arch: str, paths, params: dict, frames: dict) -> dict[str, Any]:
-    """One timed retrain: the train stage's function, then the validation score of what it saved."""
+def build_sources(src: Path, out: Path, fraction: float, seed: int) -> tuple[Path, Path, set[str], int]:
+    """`out/src100` (the whole copy) and `out/src99` (without the delivery's lesion groups).
+
+    Returns (src99, src100, delivery lesion ids, delivery rows). Files are copied, not linked, so
+    both copies are read from the same disk in the same way.
+    """
+    with open(src / METADATA, newline="", encoding="utf-8") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    header, body = lines[0], lines[1:]
+    rows = [next(csv.reader([line])) for line in body]
+    lesion_col, image_col = (next(csv.reader([header])).index(c) for c in ("lesion_id", "image_id"))
+    groups = np.array(sorted({r[lesion_col] for r in rows}))
+    rng = np.random.default_rng(seed)
+    delivery = set(rng.choice(groups, size=max(1, round(fraction * len(groups))), replace=False).tolist())
+    held_images = {r[image_col] for r in rows if r[lesion_col] in delivery}
+    src99, src100 = out / "src99", out / "src100"
+    for dest, skip in ((src100, set()), (src99, held_images)):
+        (dest / "images").mkdir(parents=True)
+        kept = [line for line, r in zip(body, rows) if r[lesion_col] not in delivery or not skip]
+        (dest / METADATA).write_text(header + "".join(kept), encoding="utf-8")
+        for image in sorted((src / "images").iterdir()):
+            if image.stem not in skip:
+                shutil.copyfile(image, dest / "images" / image.name)
+    return src99, src100, delivery, sum(r[lesion_col] in delivery for r in rows)
+
+
+def clear_outputs(paths) -> None:
+    """What `dvc repro` does to the ingest and split stages' outs before running them."""
+    shutil.rmtree(paths.images, ignore_errors=True)
+    for path in (paths.manifest, paths.quarantine, paths.labels, paths.ignored, paths.splits, paths.split_report):
+        path.unlink(missing_ok=True)
+
+
+def ingest_and_split(source: Path, paths, params: dict) -> tuple[dict[str, Any], dict]:
+    """The ingest and split stages, each timed; returns (times + ingest counts, split frames)."""
+    from pipelines.bounds import CaseBounds
+    from pipelines.ingest import ingest
+    from pipelines.manifest import read_splits
+    from pipelines.split import run as split_run
+
+    started = time.perf_counter()
+    summary = ingest("ham10000", source, paths, params["ingest"], None, CaseBounds.from_params(params))
+    ingested = time.perf_counter()
+    split_run(paths, params)
+    frames = read_splits(paths)
+    done = time.perf_counter()
+    return {"ingest_s": round(ingested - started, 2), "split_s": round(done - ingested, 2),
+            "images": summary.accepted, "decoded": summary.decoded, "reused": summary.reused}, frames
+
+
+def train_and_score(arch: str, paths, params: dict, frames: dict) -> dict[str, Any]:
+    """The train stage's function, then the validation score of what it saved (both timed)."""
     from pipelines.inference import load_bundle
     from pipelines.train import train
 
@@ -59,64 +118,32 @@ def retrain(arch: str, paths, params: dict, frames: dict) -> dict[str, Any]:
     info = train(arch, paths, params)
     if "skipped" in info:
         raise SystemExit(f"{arch} was skipped: {info['skipped']}")
+    trained = time.perf_counter()
     model, saved = load_bundle(paths.model_dir(arch))
     val = balanced_accuracy(model, saved, frames["val"], paths.root)
-    wall = time.perf_counter() - started
+    scored = time.perf_counter()
     test = balanced_accuracy(model, saved, frames["test"], paths.root)
-    return {"arch": arch, "seed": params["train"]["seed"], "wall_seconds": round(wall, 2),
+    return {"train_s": round(trained - started, 2), "val_score_s": round(scored - trained, 2),
             "fit_seconds": info["train_seconds"], "epochs_run": info["epochs_run"],
-            "best_epoch": info["best_epoch"], "val_balanced_accuracy": round(val, 4),
-            "test_balanced_accuracy": round(test, 4)}
-
-
-def setup(workdir: Path, params: dict, delivery_fraction: float, seed: int):
-    """Ingest + split the whole data set; return (paths, full split frame, delivery group ids)."""
-    from pipelines.config import Paths
-    from pipelines.ingest import ingest
-    from pipelines.manifest import read_manifest
-    from pipelines.split import run as split_run
-
-    paths = Paths(workdir)
-    ingest("ham10000", SHARED_DATA / "ham10000", paths, params["ingest"])
-    split_run(paths, params)
-    full = read_manifest(paths.splits)
-    groups = np.array(sorted(full["group_id"].unique()))
-    rng = np.random.default_rng(seed)
-    delivery = set(rng.choice(groups, size=max(1, round(delivery_fraction * len(groups))), replace=False))
-    return paths, full, delivery
-
-
-def write_splits(paths, frame) -> dict:
-    from pipelines.manifest import write_manifest
-
-    write_manifest(frame.reset_index(drop=True), paths.splits)
-    return {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
+            "best_epoch": info["best_epoch"], "run_id": info["run_id"],
+            "val_balanced_accuracy": round(val, 4), "test_balanced_accuracy": round(test, 4)}
 
 
 def champion(paths, params: dict, frames: dict, attempts: int) -> dict[str, Any]:
     """cnn_medium from scratch on the 99% splits, registered as champion once it clears
-    promote.floor on its validation split (the pipeline never blesses a model under the floor),
-    retrained with the next seed (+100) otherwise, at most `attempts` times."""
+    promote.floor on its validation split, retrained with the next seed (+100) otherwise."""
     from mlflow import MlflowClient
 
     from pipelines import registry
-    from pipelines.inference import load_bundle
-    from pipelines.train import train
 
     floor, tries = float(params["promote"]["floor"]), []
     for k in range(attempts):
         p = copy.deepcopy(params)
         p["train"]["seed"] = int(params["train"]["seed"]) + 100 * k
-        started = time.perf_counter()
-        info = train(SCRATCH, paths, p)
-        seconds = time.perf_counter() - started
-        model, saved = load_bundle(paths.model_dir(SCRATCH))
-        val = balanced_accuracy(model, saved, frames["val"], paths.root)
-        tries.append({"seed": p["train"]["seed"], "train_seconds": round(seconds, 1),
-                      "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
-                      "val_balanced_accuracy": round(val, 4), "run_id": info["run_id"]})
+        row = train_and_score(SCRATCH, paths, p, frames)
+        tries.append({"seed": p["train"]["seed"], **row})
         print(json.dumps({"champion_attempt": tries[-1]}), file=sys.stderr, flush=True)
-        if val >= floor:
+        if row["val_balanced_accuracy"] >= floor:
             break
     client = MlflowClient()
     name = registry.model_name(params)
@@ -124,88 +151,123 @@ def champion(paths, params: dict, frames: dict, attempts: int) -> dict[str, Any]
     registry.set_champion(client, name, version.version)
     return {"version": str(version.version), "floor": floor, "attempts": tries,
             "cleared_floor": tries[-1]["val_balanced_accuracy"] >= floor,
-            "train_seconds": tries[-1]["train_seconds"], "epochs_run": tries[-1]["epochs_run"],
-            "split_sizes": info["split_sizes"]}
+            "split_sizes": {s: len(f) for s, f in frames.items()}}
 
 
-def champion_score(params: dict, frame, root: Path) -> float:
-    """The registered champion, as the warm start downloads it, on a split of today's data."""
-    from mlflow import MlflowClient
+def one_retrain(arch: str, source: Path, paths, params: dict, cache_snapshot: Path) -> tuple[dict, dict]:
+    """A whole retrain on `source`: (a) with a cold ingest cache, (b) from the 99% snapshot."""
+    clear_outputs(paths)
+    shutil.rmtree(paths.ingest_cache, ignore_errors=True)       # cold: what a full ingest starts from
+    if arch == WARM:
+        shutil.copytree(cache_snapshot, paths.ingest_cache)      # exactly the cache the 99% ingest left
+    staged, frames = ingest_and_split(source, paths, params)
+    trained = train_and_score(arch, paths, params, frames)
+    row = {"arch": arch, "kind": KIND[arch], "seed": params["train"]["seed"], **staged, **trained}
+    row["total_s"] = round(sum(row[k] for k in PARTS[:-1]), 2)
+    return row, frames
 
-    from pipelines import registry
 
-    name = registry.model_name(params)
-    model, info = registry.load_version(name, registry.version_by_alias(MlflowClient(), name, "champion"))
-    return balanced_accuracy(model, info, frame, root)
-
-
-def pair_ratios(runs: list[dict]) -> list[float]:
-    wall = {(r["run"], r["arch"]): r["wall_seconds"] for r in runs}
-    return [wall[(i, WARM)] / wall[(i, SCRATCH)] for i in sorted({r["run"] for r in runs})]
+def moved_images(before, after) -> int:
+    """Images of the 99% data whose split differs once the delivery is in (a stable split: 0)."""
+    joined = before[["image_id", "split"]].merge(after[["image_id", "split"]], on="image_id",
+                                                 suffixes=("_99", "_100"))
+    return int((joined["split_99"] != joined["split_100"]).sum()) + (len(before) - len(joined))
 
 
 def median(rows: list[dict], key: str) -> float:
     return float(statistics.median(r[key] for r in rows))
 
 
-def report_md(summary: dict) -> str:
-    s, w = summary["medians"][SCRATCH], summary["medians"][WARM]
+def report_md(s: dict) -> str:
+    ms, mw, p = s["medians"][SCRATCH], s["medians"][WARM], s["params"]
+    champ = s["champion"]
     lines = [
-        "# Retrain after a 1% delivery: warm start vs from scratch (HAM10000)",
+        "# Whole retrain after a 1% delivery: warm (incremental ingest + warm start) vs from scratch (HAM10000)",
         "",
-        f"`{summary['command']}` on {summary['machine']}; total bench {summary['bench_seconds']:.0f} s; "
-        f"1-min load average before {summary['load_before']:.2f}, after {summary['load_after']:.2f}.",
+        f"`{s['command']}` (nice -n 5) on {s['machine']}; whole bench {s['bench_seconds']:.0f} s; "
+        f"1-min load average before {s['load_before']:.2f}, after {s['load_after']:.2f} (the machine is "
+        "shared with other engineers' work).",
         "",
-        f"Data: {summary['images']} images ingested from ../shared/data/ham10000; delivery = "
-        f"{summary['delivery_groups']} lesion groups ({summary['delivery_images']} images, "
-        f"{100 * summary['delivery_fraction']:.0f}% of the groups) held back, then added. The split is "
-        "assigned once on the full frame (pipelines.split.run), so the 99% data keeps its split.",
-        f"Champion: cnn_medium from scratch on the 99% splits {summary['champion']['split_sizes']}, "
-        f"registered once its val balanced accuracy cleared promote.floor {summary['champion']['floor']} "
-        f"(attempts, seed: val balanced acc / epochs run (best) / s: "
+        f"Data: copies of ../shared/data/ham10000 in the work dir. src100 = all {s['images_100']} accepted "
+        f"images; src99 = without the delivery, {s['delivery_groups']} lesion groups ({s['delivery_rows']} "
+        f"images, {100 * s['delivery_fraction']:.0f}% of the groups, numpy seed {s['delivery_seed']}). "
+        f"Images of the 99% data that changed split once the delivery was in: {s['moved_images']}.",
+        f"Champion (setup, not timed): cnn_medium from scratch on the 99% splits {champ['split_sizes']} "
+        f"after a cold ingest of src99 ({s['setup_ingest_s']:.0f} s), registered once its val balanced "
+        f"accuracy cleared promote.floor {champ['floor']} (attempts, seed: val balanced acc / epochs run "
+        "(best) / train s: "
         + "; ".join(f"{t['seed']}: {t['val_balanced_accuracy']:.4f} / {t['epochs_run']} ({t['best_epoch']}) / "
-                    f"{t['train_seconds']:.0f}" for t in summary["champion"]["attempts"])
-        + f"; cleared: {summary['champion']['cleared_floor']}).",
-        f"Params: image_size {summary['params']['image_size']}, epochs {summary['params']['epochs']} "
-        f"(from scratch), warm start {summary['params']['warm_epochs']} epochs at lr "
-        f"{summary['params']['warm_lr']} (factors {summary['params']['warm_start_epochs_factor']} / "
-        f"{summary['params']['warm_start_lr_factor']}), batch {summary['params']['batch_size']}, the rest "
-        "from params.yaml (augmentation, class weights, early stopping).",
+                    f"{t['train_s']:.0f}" for t in champ["attempts"])
+        + f"; cleared: {champ['cleared_floor']}). The ingest cache as that 99% ingest left it was snapshotted.",
+        f"Params: image_size {p['image_size']}, epochs {p['epochs']} (from scratch), warm start "
+        f"{p['warm_epochs']} epochs at lr {p['warm_lr']:g} (params.yaml factors {p['warm_start_epochs_factor']} / "
+        f"{p['warm_start_lr_factor']} of {p['epochs']} epochs / lr {p['learning_rate']:g}), batch "
+        f"{p['batch_size']}, ingest workers {p['ingest_workers']}, the rest from params.yaml.",
         "",
-        "Timed per retrain: `pipelines.train.train` (tf.data setup, the champion's download from the "
-        "registry for the warm start, fit, save, MLflow logging and model logging) + scoring the saved "
-        "model on the validation split. Not timed: ingest, split, TensorFlow import, test scoring.",
+        "Each run is the WHOLE retrain on src100, both kinds back to back in one process, order alternating:",
+        "- **scratch**: ingest with a cold cache (every image decoded), split, train cnn_medium from scratch, "
+        "validation score;",
+        "- **warm**: ingest with the 99% cache snapshot (decodes only the delivery), split, train the "
+        "`warm_start` candidate (fine-tunes the registered champion), validation score.",
         "",
-        "| run | retrain | seed | wall s (timed) | fit s | epochs (best) | val balanced acc | test balanced acc |",
-        "| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        "Timed: `pipelines.ingest.ingest` (scan, hash every file, decode what the cache lacks, copy the "
+        "store, manifest) | `pipelines.split.run` (+ GE check, reading the split frames) | "
+        "`pipelines.train.train` (tf.data setup, the champion's registry download for warm, fit, save, "
+        "MLflow logging and model logging) | val score (load the saved model, predict, balanced accuracy). "
+        "Not timed: deleting the stage outputs before each run (as `dvc repro` does), putting the cold "
+        "or snapshot cache in place, the TensorFlow import, the test score (information only). "
+        "The validate stage is not part of either.",
+        "",
+        "| run | kind | seed | ingest s (decoded) | split s | train s | val score s | **total s** | "
+        "epochs (best) | val bal. acc | test bal. acc |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
-    for r in summary["runs"]:
-        lines.append(f"| {r['run']} | {r['arch']} | {r['seed']} | {r['wall_seconds']:.1f} | {r['fit_seconds']:.1f} | "
+    for r in s["runs"]:
+        lines.append(f"| {r['run']} | {r['kind']} | {r['seed']} | {r['ingest_s']:.1f} ({r['decoded']}) | "
+                     f"{r['split_s']:.1f} | {r['train_s']:.1f} | {r['val_score_s']:.1f} | **{r['total_s']:.1f}** | "
                      f"{r['epochs_run']} ({r['best_epoch']}) | {r['val_balanced_accuracy']:.4f} | "
                      f"{r['test_balanced_accuracy']:.4f} |")
-    verdict_t = "meets" if summary["ratio"] <= 0.30 else "misses"
-    verdict_v = "meets" if summary["val_gap"] <= 0.01 else "misses"
     lines += [
         "",
-        f"**Medians of {summary['repeat']}:** from scratch {s['wall_seconds']:.1f} s, val balanced accuracy "
-        f"{s['val_balanced_accuracy']:.4f}; warm start {w['wall_seconds']:.1f} s, val balanced accuracy "
-        f"{w['val_balanced_accuracy']:.4f}.",
+        f"Medians of {s['repeat']} (each column its own median, so parts need not add up to the total):",
         "",
-        f"- Wall-time ratio warm / scratch: **{summary['ratio']:.1%}** (target <= 30%: {verdict_t}).",
-        "- Per run (the two retrains of a run ran back to back, under the same load): warm / scratch "
-        + ", ".join(f"{x:.1%}" for x in summary["pair_ratios"])
-        + f", median {statistics.median(summary['pair_ratios']):.1%}.",
-        f"- Validation gap (scratch - warm, medians): **{summary['val_gap']:+.4f}** (target <= 0.01: {verdict_v}; "
-        "negative means the warm start scored higher).",
-        f"- The champion itself scores {summary['champion_on_new_val']:.4f} on the new validation split.",
-        "- Run-to-run range of val balanced accuracy: from scratch "
-        + ", ".join(f"{r['val_balanced_accuracy']:.4f}" for r in summary["runs"] if r["arch"] == SCRATCH)
-        + "; warm start "
-        + ", ".join(f"{r['val_balanced_accuracy']:.4f}" for r in summary["runs"] if r["arch"] == WARM) + ".",
+        "| kind | ingest s | split s | train s | val score s | **total s** | val bal. acc |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for arch in (SCRATCH, WARM):
+        m = s["medians"][arch]
+        lines.append(f"| {KIND[arch]} | {m['ingest_s']:.1f} | {m['split_s']:.1f} | {m['train_s']:.1f} | "
+                     f"{m['val_score_s']:.1f} | **{m['total_s']:.1f}** | {m['val_balanced_accuracy']:.4f} |")
+    ratio_parts = ", ".join(f"{k[:-2]} {s['part_ratios'][k]:.1%}" for k in PARTS[:-1])
+    verdict_t = "meets" if s["ratio"] <= 0.30 else "MISSES"
+    verdict_v = "meets" if abs(s["val_gap"]) <= 0.01 else "MISSES"
+    verdict_w = "meets" if s["val_gap"] <= 0.01 else "MISSES"
+    verdict_i = "meets" if s["part_ratios"]["ingest_s"] <= 0.25 else "MISSES"
+    lines += [
         "",
-        "Validation scores here are the early-stopping split of both retrains (and the champion "
-        "early-stopped on the 99% part of it), so they are slightly optimistic for both; the gate "
-        "scores the chosen candidate on the test split.",
+        f"- **Whole retrain, warm / scratch (ratio of total medians): {s['ratio']:.1%}** (target <= 30%: "
+        f"{verdict_t}). Paired per run (same load, back to back): "
+        + ", ".join(f"{x:.1%}" for x in s["pair_ratios"]) + f", median {statistics.median(s['pair_ratios']):.1%}.",
+        f"- Per part (ratio of medians): {ratio_parts}. Ingest stage warm / cold {s['part_ratios']['ingest_s']:.1%} "
+        f"(target <= 25%: {verdict_i}).",
+        f"- **Validation gap, scratch - warm (medians): {s['val_gap']:+.4f}** (within 0.01, |gap| <= 0.01: "
+        f"{verdict_v}; warm at most 0.01 worse, gap <= 0.01: {verdict_w}; negative means the warm start "
+        "scored higher). Per run, scratch: "
+        + ", ".join(f"{r['val_balanced_accuracy']:.4f}" for r in s["runs"] if r["arch"] == SCRATCH)
+        + "; warm: " + ", ".join(f"{r['val_balanced_accuracy']:.4f}" for r in s["runs"] if r["arch"] == WARM)
+        + f". The champion itself scores {s['champion_on_new_val']:.4f} on the new validation split: a warm "
+        "start refines the champion it starts from, so its score follows that champion's seed (here the one "
+        f"that cleared the floor at {champ['attempts'][-1]['val_balanced_accuracy']:.4f}), while each scratch "
+        "run draws a fresh seed.",
+        "",
+        f"Caveats: the seed-to-seed spread of a from-scratch cnn_medium at {p['image_size']} px / {p['epochs']} "
+        "epochs is large (see the "
+        "per-run scratch values above, and the champion attempts), far larger than the 0.01 target, so a "
+        "median of 3 pins the gap only roughly: the gap criterion is met or missed mostly by the luck of "
+        "three scratch seeds. Validation is the early-stopping split of both retrains (and the champion "
+        "early-stopped on the 99% part of it), so both scores are slightly optimistic; the gate scores the "
+        "chosen candidate on the test split. Wall times depend on the load of a shared 2-core machine; the "
+        "paired ratios are the fairer comparison.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -218,6 +280,7 @@ def main() -> None:
     parser.add_argument("--champion-attempts", type=int, default=2,
                         help="seeds tried until the champion clears promote.floor on val")
     parser.add_argument("--delivery", type=float, default=0.01, help="fraction of lesion groups held back")
+    parser.add_argument("--delivery-seed", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/medscan-bench-retrain"))
     args = parser.parse_args()
     if not (SHARED_DATA / "ham10000").exists():
@@ -231,50 +294,65 @@ def main() -> None:
         shutil.rmtree(args.workdir)
     args.workdir.mkdir(parents=True)
 
-    from pipelines.config import load_params
+    import pipelines.train  # noqa: F401  (the TensorFlow import, outside every timed part)
+    from mlflow import MlflowClient
+
+    from pipelines import registry
+    from pipelines.config import Paths, load_params
+    from pipelines.manifest import read_manifest
     from pipelines.warm_start import fine_tune_params
 
     params = copy.deepcopy(load_params(PROJECT))
-    params["dataset"].update(name="ham10000", root=str(SHARED_DATA / "ham10000"))
     params["train"].update(image_size=args.image_size, epochs=args.epochs, warm_start="champion")
     tuned = fine_tune_params(params["train"])
+    src99, src100, delivery, delivery_rows = build_sources(
+        SHARED_DATA / "ham10000", args.workdir / "sources", args.delivery, args.delivery_seed)
+    params["dataset"].update(name="ham10000", root=str(src100))
+    paths = Paths(args.workdir / "project")
 
-    paths, full, delivery = setup(args.workdir, params, args.delivery, seed=8)
-    base = full[~full["group_id"].isin(delivery)]
-    base_frames = write_splits(paths, base)
+    staged, base_frames = ingest_and_split(src99, paths, params)          # setup: cold 99% ingest
+    base_splits = read_manifest(paths.splits)
     champ = champion(paths, params, base_frames, args.champion_attempts)
-    frames = write_splits(paths, full)               # the delivery arrives: same splits + new groups
-    champion_new_val = champion_score(params, frames["val"], paths.root)
+    snapshot = args.workdir / "cache99"
+    shutil.copytree(paths.ingest_cache, snapshot)
 
     runs: list[dict] = []
+    frames: dict = {}
     for i in range(args.repeat):
         p = copy.deepcopy(params)
         p["train"]["seed"] = int(params["train"]["seed"]) + i
-        order = (SCRATCH, WARM) if i % 2 == 0 else (WARM, SCRATCH)
-        for arch in order:
-            row = {"run": i + 1, **retrain(arch, paths, p, frames)}
-            runs.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+        for arch in ((SCRATCH, WARM) if i % 2 == 0 else (WARM, SCRATCH)):
+            row, frames = one_retrain(arch, src100, paths, p, snapshot)
+            runs.append({"run": i + 1, **row})
+            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    moved = moved_images(base_splits, read_manifest(paths.splits))
+    name = registry.model_name(params)
+    champ_model, champ_info = registry.load_version(name, registry.version_by_alias(MlflowClient(), name, "champion"))
+    champion_new_val = balanced_accuracy(champ_model, champ_info, frames["val"], paths.root)
 
-    medians = {a: {k: median([r for r in runs if r["arch"] == a], k)
-                   for k in ("wall_seconds", "fit_seconds", "val_balanced_accuracy", "test_balanced_accuracy")}
-               for a in (SCRATCH, WARM)}
+    keys = (*PARTS, "val_balanced_accuracy", "test_balanced_accuracy", "fit_seconds")
+    medians = {a: {k: median([r for r in runs if r["arch"] == a], k) for k in keys} for a in (SCRATCH, WARM)}
+    by_run = {(r["run"], r["arch"]): r["total_s"] for r in runs}
     summary = {
         "command": "python -m bench.bench_retrain " + " ".join(sys.argv[1:]),
         "machine": f"{platform.node()}: {os.cpu_count()} CPU cores (shared), Python {platform.python_version()}",
         "load_before": load_before, "load_after": os.getloadavg()[0],
-        "images": len(full), "delivery_fraction": args.delivery, "delivery_groups": len(delivery),
-        "delivery_images": int(full["group_id"].isin(delivery).sum()),
+        "images_99": staged["images"], "images_100": runs[-1]["images"], "setup_ingest_s": staged["ingest_s"],
+        "delivery_fraction": args.delivery, "delivery_seed": args.delivery_seed,
+        "delivery_groups": len(delivery), "delivery_rows": delivery_rows, "moved_images": moved,
         "params": {"image_size": args.image_size, "epochs": args.epochs, "batch_size": params["train"]["batch_size"],
                    "warm_epochs": tuned["epochs"], "warm_lr": tuned["learning_rate"],
                    "warm_start_epochs_factor": params["train"]["warm_start_epochs_factor"],
                    "warm_start_lr_factor": params["train"]["warm_start_lr_factor"],
-                   "learning_rate": params["train"]["learning_rate"]},
+                   "learning_rate": params["train"]["learning_rate"],
+                   "ingest_workers": params["ingest"]["workers"]},
+        "timed": list(PARTS[:-1]),
         "champion": champ, "champion_on_new_val": round(champion_new_val, 4),
         "repeat": args.repeat, "runs": runs, "medians": medians,
-        "ratio": medians[WARM]["wall_seconds"] / medians[SCRATCH]["wall_seconds"],
+        "ratio": medians[WARM]["total_s"] / medians[SCRATCH]["total_s"],
+        "part_ratios": {k: medians[WARM][k] / medians[SCRATCH][k] for k in PARTS},
+        "pair_ratios": [by_run[(i, WARM)] / by_run[(i, SCRATCH)] for i in range(1, args.repeat + 1)],
         "val_gap": medians[SCRATCH]["val_balanced_accuracy"] - medians[WARM]["val_balanced_accuracy"],
-        "pair_ratios": pair_ratios(runs),
         "bench_seconds": round(time.perf_counter() - bench_started, 1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
