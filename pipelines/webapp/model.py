@@ -40,11 +40,11 @@ __all__ = ["InvalidInput", "MicroBatcher", "ModelAdapter", "Prediction", "Prepar
 
 @dataclass(frozen=True)
 class Prepared:
-    """One upload ready for the model: pixels at model size, its encoded metadata row, the typed
-    metadata and the original bytes (for the heat map) and the detected format (intake file name)."""
+    """One upload ready for the model: pixels at model size, the checked metadata (encoded per
+    batch: pandas costs per call, not per row), the original bytes (for the heat map) and the
+    detected format (intake file name)."""
 
     pixels: np.ndarray            # uint8 [S, S, 3] (model_inputs.image_pixels)
-    features: np.ndarray | None   # float32 [1, F] (model_inputs.metadata_matrix); None: image-only model
     metadata: Mapping[str, Any]   # checked values (parse_metadata)
     image: bytes
     image_format: str             # JPEG, PNG, ... as detected, never from the file name
@@ -186,30 +186,29 @@ class ModelAdapter:
                 out.append({"name": col, "kind": "choice", "values": list(self.contract.categorical_values.get(col, ()))})
         return out
 
-    def parse_metadata(self, form: Mapping[str, str]) -> dict[str, Any]:
-        """Checked metadata from form text (model_inputs' checks); an empty field means unknown.
+    def parse_metadata(self, form: Mapping[str, Any]) -> dict[str, Any]:
+        """Checked metadata from form text or values (model_inputs' checks); empty means unknown.
 
         Raises InvalidInput naming the field, never quoting the value.
         """
         meta: dict[str, Any] = {}
         for col in self.contract.metadata_columns:
-            text = (form.get(col) or "").strip()
             if col == "age":
-                meta[col] = check_age(text, self.contract.age_range)
+                meta[col] = check_age(form.get(col), self.contract.age_range)
             else:
-                meta[col] = check_category(col, text, self.contract.categorical_values.get(col, ()))
+                meta[col] = check_category(col, form.get(col), self.contract.categorical_values.get(col, ()))
         return meta
 
     def prepare(self, data: bytes, metadata: Mapping[str, Any]) -> Prepared:
-        """Validate and normalise an upload; InvalidInput (field "image", `reason` an ImageReason
-        code) when it is unusable."""
+        """Validate and normalise an upload; InvalidInput naming the field (for the image, `reason`
+        is an ImageReason code) when it is unusable."""
         with self._count_lock:
             self._preparing += 1
         try:
+            checked = self.parse_metadata(metadata)   # here, so a bad field never fails a whole batch
             pixels = image_pixels(self.contract, data)
-            features = metadata_matrix(self.contract, pd.DataFrame([dict(metadata)]))
             fmt = Image.open(io.BytesIO(data)).format or "PNG"   # header only: already decoded above
-            return Prepared(pixels, features, dict(metadata), data, fmt)
+            return Prepared(pixels, checked, data, fmt)
         finally:
             with self._count_lock:
                 self._preparing -= 1
@@ -217,8 +216,9 @@ class ModelAdapter:
     def _score(self, batch: Sequence[Prepared]) -> list[dict[str, Any]]:
         """The batch path: one model call for the batch, calibrated, read by `answers`."""
         inputs = {"image": np.stack([p.pixels for p in batch]).astype(np.float32)}
-        if batch[0].features is not None and batch[0].features.shape[1] > 0:
-            inputs["metadata"] = np.concatenate([p.features for p in batch]).astype(np.float32)
+        features = metadata_matrix(self.contract, pd.DataFrame([dict(p.metadata) for p in batch]))
+        if features is not None and features.shape[1] > 0:
+            inputs["metadata"] = features.astype(np.float32)
         probs = predict_inputs(self._traced, self.contract, inputs, batch_size=max(len(batch), 1))
         return answers(self.contract, apply_temperature(probs, self.contract.temperature), self.top_k)
 
