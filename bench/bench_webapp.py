@@ -48,7 +48,9 @@ def train_champion(root: Path, size: int) -> str:
     from pipelines import registry, tracking
     from pipelines.config import Paths, load_params
     from pipelines.datasets import get_adapter
-    from pipelines.train import PIP_REQUIREMENTS, model_inputs_info
+    from pipelines.contract import from_train_info
+    from pipelines.pyfunc import log_pyfunc
+    from pipelines.train import model_inputs_info
     from pipelines.zoo import build_model
 
     params = load_params(root)
@@ -67,7 +69,14 @@ def train_champion(root: Path, size: int) -> str:
         info_path = root / "train_info.json"
         info_path.write_text(json.dumps({**info, "run_id": run.info.run_id}))
         mlflow.log_artifact(str(info_path), artifact_path="medscan")
-        mlflow.tensorflow.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS)
+        # as train + evaluate do: the contract from train_info, calibrated (T=1, the params' target),
+        # logged inside the pyfunc that promote registers
+        contract = from_train_info(info, params).calibrated(
+            1.0, 0.5, float(params["evaluate"]["abstain_target_precision"]))
+        keras_path = root / "model.keras"
+        model.save(keras_path)
+        with tempfile.TemporaryDirectory() as tmp:
+            log_pyfunc(keras_path, contract, Path(tmp))
     name = registry.model_name(params)
     version = registry.register(MlflowClient(), name, run.info.run_id, {})
     registry.set_champion(MlflowClient(), name, version.version)

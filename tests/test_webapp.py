@@ -9,13 +9,14 @@ import os
 import re
 import stat
 
+import numpy as np
 import pytest
 
 pytest.importorskip("keras")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from pipelines.webapp.app import create_app  # noqa: E402
-from tests.webapp_factories import ADMIN_PASSWORD, image_bytes, project, tiny_adapter  # noqa: E402
+from tests.webapp_factories import ADMIN_PASSWORD, image_bytes, project, tiny_adapter, tiny_contract  # noqa: E402
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -29,7 +30,7 @@ def adapter(tmp_path_factory):
 @pytest.fixture
 def setup(tmp_path, adapter):
     root, params = project(tmp_path, max_upload_mb=1)
-    adapter.abstain_below = 0.5
+    adapter.predictor.contract = adapter.contract.calibrated(1.0, 0.5, 0.9)   # a test may lower it
     app = create_app(root, params, adapter, admin_password=ADMIN_PASSWORD)
     return root, TestClient(app, base_url="http://127.0.0.1")
 
@@ -80,7 +81,7 @@ def test_login_then_upload_shows_five_named_diagnoses_version_and_disclaimer(set
 
 def test_confident_prediction_does_not_abstain(setup, adapter):
     _, client = setup
-    adapter.abstain_below = 0.0
+    adapter.predictor.contract = adapter.contract.calibrated(1.0, 0.0, 0.9)
     login(client)
     assert "Uncertain: refer" not in upload(client).text
 
@@ -110,8 +111,8 @@ def test_a_body_far_over_the_limit_is_refused_before_it_is_read(setup):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("age", "abc", "age must be a number"), ("age", "inf", "age must lie between 0 and 120"),
-    ("age", "130", "age must lie between"), ("sex", "alien", "sex must be one of"),
+    ("age", "abc", "age must be a number"), ("age", "inf", "age must be within bounds.age_range [0, 120]"),
+    ("age", "130", "age must be within"), ("sex", "alien", "sex must be one of"),
     ("localization", "moon", "localization must be one of"),
 ])
 def test_invalid_metadata_names_the_field_and_is_never_nan(setup, field, value, message):
@@ -243,9 +244,40 @@ def test_the_app_feeds_the_model_what_training_fed_it(adapter, tmp_path):
     from pipelines.images import normalize_image
 
     raw = image_bytes("JPEG", size=300, seed=5)
-    stored = normalize_image(raw, tmp_path, adapter.limits).stored_path
-    trained = decode_image(str(stored), adapter.image_size).numpy()
+    stored = normalize_image(raw, tmp_path, adapter.contract.image_limits()).stored_path
+    trained = decode_image(str(stored), adapter.contract.image_size).numpy()
     assert (adapter.prepare(raw, {}).pixels == trained).all()
+
+
+def test_the_app_answers_what_the_serving_path_answers(adapter):
+    """The micro-batched app and pipelines.serve.Predictor give the same calibrated top-5 and
+    abstention, alone and in a batch whose rows carry different metadata."""
+    adapter.predictor.contract = adapter.contract.calibrated(1.7, 0.3, 0.9)
+    records = [{"age": 63.0, "sex": "female", "localization": "back"}, {}, {"age": 5.0, "sex": "male"}]
+    raws = [image_bytes("JPEG", size=60, seed=s) for s in range(3)]
+    prepared = [adapter.prepare(r, adapter.parse_metadata({k: str(v) for k, v in m.items()}))
+                for r, m in zip(raws, records)]
+    together = adapter._score(prepared)
+    for raw, record, prep, batched in zip(raws, records, prepared, together):
+        served = adapter.predictor.predict_one(raw, record)
+        alone = adapter.predict(prep)
+        for answer in (alone.top, batched["top"]):
+            assert [t["label"] for t in answer] == [t["label"] for t in served["top"]]
+            assert np.allclose([t["probability"] for t in answer], [t["probability"] for t in served["top"]],
+                               atol=1e-5)
+        assert alone.abstain == served["abstain"] == batched["abstain"]
+
+
+def test_abstention_threshold_is_the_contracts_else_the_params_fallback(tmp_path):
+    """A calibrated contract's threshold is used as chosen on validation; a contract without one
+    (a model registered before calibration) gets serve.abstain_below_uncalibrated."""
+    _, params = project(tmp_path, abstain_below_uncalibrated=0.35)
+    calibrated = tiny_adapter(params, threshold=0.8)
+    assert calibrated.abstain_threshold == 0.8 == calibrated.contract.abstain_threshold
+    old = tiny_adapter(params, threshold=None)
+    assert tiny_contract(params, threshold=None).abstain_target_precision is None
+    assert old.abstain_threshold == 0.35 == old.predictor.contract.abstain_threshold
+    assert old.predict(old.prepare(image_bytes(), {})).abstain is True   # untrained: about 1/7 each
 
 
 def test_cases_written_by_the_app_are_accepted_by_intake(tmp_path):

@@ -25,10 +25,9 @@ from starlette.datastructures import UploadFile
 from starlette.middleware.sessions import SessionMiddleware
 
 from pipelines.config import Paths, resolve
-from pipelines.images import ImageRejected
 from pipelines.webapp import cases
 from pipelines.webapp.guards import CSRF_FIELD, BodyLimits, LoginBackoff, csrf_ok, new_csrf_token
-from pipelines.webapp.model import InvalidField, ModelAdapter, Prediction, Prepared
+from pipelines.webapp.model import InvalidInput, ModelAdapter, Prediction, Prepared
 from pipelines.webapp.users import ROLES, User, UserError, UserStore, ensure_first_admin, private_file
 
 log = logging.getLogger("medscan.webapp")
@@ -243,8 +242,8 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
             return again(400, "The uploaded file is empty: choose a photo.", "image")
         try:
             metadata = state.model.parse_metadata(values)
-        except InvalidField as err:
-            return again(422, str(err), err.field)
+        except InvalidInput as err:   # names the field, never quotes the value
+            return again(422, f"{err.field} {err.detail}", err.field)
         model = state.model
 
         def score() -> tuple[Prepared, Prediction]:   # one thread hand-off for both steps
@@ -253,7 +252,9 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
 
         try:
             prepared, prediction = await run_in_threadpool(score)
-        except ImageRejected as err:
+        except InvalidInput as err:
+            if err.field != "image":
+                return again(422, f"{err.field} {err.detail}", err.field)
             return again(415, f"This file is not a usable image ({err.reason}): upload a photo "
                               "(JPEG or PNG).", "image")
         case_id = state.keep(Pending(user.username, data, prepared, metadata, prediction))

@@ -1,61 +1,58 @@
 """The web app's only door to the model: every model call of pipelines.webapp goes through here.
 
-Why one module: the model contract (one input path, calibrated abstention) is being built beside
-this app; at merge only this file changes. Today it is built on what exists: the registry's
-champion (`pipelines.serve.Predictor.champion`), `pipelines.inference.top_k`, `pipelines.gradcam`,
-the data set adapter's metadata value sets and display names, and an explicit abstention rule
-from params (`serve.abstain_below`: a top probability below it means "uncertain: refer").
+Built on the model contract and the one input path (pipelines.contract, pipelines.model_inputs):
+the champion comes from `pipelines.serve.Predictor.champion`; an upload becomes model inputs with
+`image_pixels` (ingest's normalisation, then training's resize) and `metadata_matrix` (the field
+checks and training's encoding); scores are calibrated with the contract's temperature and read
+by `answers`, whose "uncertain: refer" uses the contract's validation-chosen abstention threshold.
+A model whose contract has no calibrated threshold (registered before calibration existed) uses
+`serve.abstain_below_uncalibrated` from params instead, set here once for the whole app.
 
-Speed: the model runs as one traced `tf.function` (not `model.predict`, whose per-call set-up
-costs ~20 ms) and concurrent uploads are scored together by a micro-batcher that waits at most
-`serve.batch_window_ms` for company. Pixels are prepared in memory (no temp PNG round trip), the
-same way `pipelines.data.decode_image` prepares the training images: the upload is normalised
-like ingest does it (`ingest.store_max_side`), then resized with antialiasing and rounded to uint8.
+Speed: concurrent uploads are scored together by a micro-batcher that waits at most
+`serve.batch_window_ms` for company, calling the batch path (`predict_inputs` over a stacked
+batch, each row with its own metadata) through one traced `tf.function` of the model (an eager
+Keras call or `model.predict` costs milliseconds per call). Decoding happens on the request
+threads, so uploads are decoded in parallel and only the model call is serialised.
 """
 from __future__ import annotations
 
 import io
-import math
 import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
-from pipelines.bounds import CaseBounds
-from pipelines.datasets import get_adapter
-from pipelines.features import encode_metadata
-from pipelines.images import (ImageLimits, ImageReason, ImageRejected, _decode, _downsize, _open_checked,
-                              _orientation, _to_rgb, _upright)
+from pipelines.calibration import apply_temperature
+from pipelines.contract import ModelContract
+from pipelines.images import normalized_pixels
+from pipelines.model_inputs import (InvalidInput, answers, check_age, check_category, image_pixels,
+                                    metadata_matrix, model_inputs, predict_inputs)
 
-
-class InvalidField(ValueError):
-    """A metadata field the model cannot use: the message names the field, never its value."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field_name
+__all__ = ["InvalidInput", "MicroBatcher", "ModelAdapter", "Prediction", "Prepared"]
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """One upload ready for the model: pixels at model size, encoded metadata, the normalised
-    picture (for the heat map) and the detected format (for the intake file name)."""
+    """One upload ready for the model: pixels at model size, the checked metadata (encoded per
+    batch: pandas costs per call, not per row), the original bytes (for the heat map) and the
+    detected format (intake file name)."""
 
-    pixels: np.ndarray            # uint8 [S, S, 3]
-    metadata: Mapping[str, Any]   # typed values (parse_metadata); encoded per batch in _inputs
-    picture: Image.Image          # the normalised RGB copy (longest side <= store_max_side)
+    pixels: np.ndarray            # uint8 [S, S, 3] (model_inputs.image_pixels)
+    metadata: Mapping[str, Any]   # checked values (parse_metadata)
+    image: bytes
     image_format: str             # JPEG, PNG, ... as detected, never from the file name
 
 
 @dataclass(frozen=True)
 class Prediction:
-    top: list[dict[str, Any]]     # [{"label", "name", "probability"}], most probable first
+    top: list[dict[str, Any]]     # [{"label", "name", "probability"}], most probable first (calibrated)
     abstain: bool                 # True: "uncertain: refer"
     model_version: str
 
@@ -76,7 +73,7 @@ class MicroBatcher:
         self.jobs: queue.Queue[_Job] = queue.Queue()
         threading.Thread(target=self._run, name="medscan-batcher", daemon=True).start()
 
-    def submit(self, prepared: Prepared) -> np.ndarray:
+    def submit(self, prepared: Prepared) -> dict[str, Any]:
         job = _Job(prepared)
         self.jobs.put(job)
         return job.future.result()
@@ -103,44 +100,40 @@ class MicroBatcher:
         while True:
             batch = self._collect()
             try:
-                probs = self.score([j.prepared for j in batch])
+                results = self.score([j.prepared for j in batch])
             except Exception as err:  # noqa: BLE001 - every waiting request gets the error
                 for job in batch:
                     job.future.set_exception(err)
                 continue
-            for job, row in zip(batch, probs):
+            for job, row in zip(batch, results):
                 job.future.set_result(row)
+
+
+class _Traced:
+    """The model as one traced tf.function, callable like the model by predict_inputs."""
+
+    def __init__(self, model: Any) -> None:
+        import tensorflow as tf
+
+        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def __call__(self, inputs: Mapping[str, Any], training: bool = False) -> Any:
+        return self._call(dict(inputs))
 
 
 class ModelAdapter:
     """The champion as the app needs it: fields to ask for, prediction, heat map, version."""
 
-    def __init__(self, model: Any, info: Mapping[str, Any], version: str, params: Mapping[str, Any]) -> None:
-        import tensorflow as tf
-
-        self.model, self.info, self.version = model, info, version
+    def __init__(self, predictor: Any, params: Mapping[str, Any]) -> None:
+        """`predictor`: a pipelines.serve.Predictor (its .model, .version and .contract)."""
         serve = params.get("serve", {})
-        self.abstain_below = float(serve.get("abstain_below", 0.5))
+        contract: ModelContract = predictor.contract
+        if contract.abstain_target_precision is None:   # no threshold was chosen on validation
+            contract = replace(contract, abstain_threshold=float(serve["abstain_below_uncalibrated"]))
+            predictor.contract = contract
+        self.predictor = predictor
         self.top_k = int(serve.get("top_k", 5))
-        self.classes: list[str] = list(info["classes"])
-        self.image_size = int(info["image_size"])
-        self.metadata_columns: list[str] = list(info.get("metadata_columns") or [])
-        self.categorical_values: dict[str, list[str]] = {
-            k: list(v) for k, v in (info.get("categorical_values") or {}).items()}
-        dataset = get_adapter(str(info.get("dataset") or params["dataset"]["name"]))
-        self.display = {c: dataset.display_name(c) for c in self.classes}
-        bounds = CaseBounds.from_params(params)
-        self.age_range = (float(bounds.age_range[0]), float(bounds.age_range[1]))
-        self.limits: ImageLimits = bounds.image_limits(int(params["ingest"]["store_max_side"]))
-        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        size = self.image_size
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-        def resize(image: tf.Tensor) -> tf.Tensor:   # = pipelines.data.decode_image after the decode
-            resized = tf.image.resize(image, (size, size), antialias=True)
-            return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
-
-        self._resize = resize
+        self._traced = _Traced(predictor.model)
         self._preparing = 0   # uploads being decoded: the batcher waits for them, not for nobody
         self._count_lock = threading.Lock()
         self.batcher = MicroBatcher(self._score, float(serve.get("batch_window_ms", 3)) / 1000.0,
@@ -151,8 +144,15 @@ class ModelAdapter:
         """The registry's champion; raises pipelines.serve.ChampionUnavailable when there is none."""
         from pipelines.serve import Predictor
 
-        predictor = Predictor.champion(params, paths)
-        return cls(predictor.model, predictor.info, predictor.version, params)
+        return cls(Predictor.champion(params, paths), params)
+
+    @property
+    def contract(self) -> ModelContract:
+        return self.predictor.contract
+
+    @property
+    def version(self) -> str:
+        return str(self.predictor.version)
 
     @property
     def name(self) -> str:
@@ -162,88 +162,79 @@ class ModelAdapter:
     def version_number(self) -> str:
         return self.version.rpartition("/")[2]
 
+    @property
+    def classes(self) -> list[str]:
+        return list(self.contract.classes)
+
+    @property
+    def display(self) -> dict[str, str]:
+        return dict(zip(self.contract.classes, self.contract.display_names))
+
+    @property
+    def abstain_threshold(self) -> float:
+        return float(self.contract.abstain_threshold)
+
     # --- inputs -------------------------------------------------------------------------------
     def fields(self) -> list[dict[str, Any]]:
         """The metadata the model takes, for the upload form: age range or allowed values."""
         out = []
-        for col in self.metadata_columns:
+        for col in self.contract.metadata_columns:
             if col == "age":
-                out.append({"name": "age", "kind": "number", "min": self.age_range[0], "max": self.age_range[1]})
+                low, high = self.contract.age_range
+                out.append({"name": "age", "kind": "number", "min": low, "max": high})
             else:
-                out.append({"name": col, "kind": "choice", "values": self.categorical_values.get(col, [])})
+                out.append({"name": col, "kind": "choice", "values": list(self.contract.categorical_values.get(col, ()))})
         return out
 
-    def parse_metadata(self, form: Mapping[str, str]) -> dict[str, Any]:
-        """Typed metadata from form text; an empty field means unknown. Raises InvalidField."""
+    def parse_metadata(self, form: Mapping[str, Any]) -> dict[str, Any]:
+        """Checked metadata from form text or values (model_inputs' checks); empty means unknown.
+
+        Raises InvalidInput naming the field, never quoting the value.
+        """
         meta: dict[str, Any] = {}
-        for col in self.metadata_columns:
-            text = (form.get(col) or "").strip()
+        for col in self.contract.metadata_columns:
             if col == "age":
-                if not text:
-                    meta[col] = math.nan
-                    continue
-                try:
-                    age = float(text)
-                except ValueError:
-                    raise InvalidField("age", "age must be a number of years") from None
-                low, high = self.age_range
-                if not math.isfinite(age) or not low <= age <= high:
-                    raise InvalidField("age", f"age must lie between {low:g} and {high:g} years")
-                meta[col] = age
+                meta[col] = check_age(form.get(col), self.contract.age_range)
             else:
-                allowed = self.categorical_values.get(col, [])
-                value = text.lower() or "unknown"
-                if value not in allowed:
-                    raise InvalidField(col, f"{col} must be one of: {', '.join(allowed)}")
-                meta[col] = value
+                meta[col] = check_category(col, form.get(col), self.contract.categorical_values.get(col, ()))
         return meta
 
     def prepare(self, data: bytes, metadata: Mapping[str, Any]) -> Prepared:
-        """Validate and normalise an upload (ImageRejected with a reason when unusable)."""
+        """Validate and normalise an upload; InvalidInput naming the field (for the image, `reason`
+        is an ImageReason code) when it is unusable."""
         with self._count_lock:
             self._preparing += 1
         try:
-            return self._prepare(data, metadata)
+            checked = self.parse_metadata(metadata)   # here, so a bad field never fails a whole batch
+            pixels = image_pixels(self.contract, data)
+            fmt = Image.open(io.BytesIO(data)).format or "PNG"   # header only: already decoded above
+            return Prepared(pixels, checked, data, fmt)
         finally:
             with self._count_lock:
                 self._preparing -= 1
 
-    def _prepare(self, data: bytes, metadata: Mapping[str, Any]) -> Prepared:
-        if not data:
-            raise ImageRejected(ImageReason.EMPTY_FILE, "0 bytes")
-        img = _open_checked(data, self.limits)
-        _decode(img, self.limits)
-        picture = _upright(_downsize(_to_rgb(img), self.limits.store_max_side), _orientation(img))
-        pixels = self._resize(np.asarray(picture)).numpy()
-        return Prepared(pixels, dict(metadata), picture, img.format or "PNG")
-
-    def _inputs(self, batch: Sequence[Prepared]) -> dict[str, np.ndarray]:
+    def _score(self, batch: Sequence[Prepared]) -> list[dict[str, Any]]:
+        """The batch path: one model call for the batch, calibrated, read by `answers`."""
         inputs = {"image": np.stack([p.pixels for p in batch]).astype(np.float32)}
-        if self.metadata_columns:   # one frame per batch: pandas costs per call, not per row
-            import pandas as pd
-
-            frame = pd.DataFrame([{c: p.metadata.get(c) for c in self.metadata_columns} for p in batch])
-            inputs["metadata"] = encode_metadata(frame, self.metadata_columns, self.categorical_values)
-        return inputs
-
-    def _score(self, batch: Sequence[Prepared]) -> np.ndarray:
-        return np.asarray(self._call(self._inputs(batch)), dtype=np.float64)
+        features = metadata_matrix(self.contract, pd.DataFrame([dict(p.metadata) for p in batch]))
+        if features is not None and features.shape[1] > 0:
+            inputs["metadata"] = features.astype(np.float32)
+        probs = predict_inputs(self._traced, self.contract, inputs, batch_size=max(len(batch), 1))
+        return answers(self.contract, apply_temperature(probs, self.contract.temperature), self.top_k)
 
     # --- outputs ------------------------------------------------------------------------------
     def predict(self, prepared: Prepared) -> Prediction:
-        from pipelines.inference import top_k
-
-        probs = self.batcher.submit(prepared)
-        top = [{**t, "name": self.display[t["label"]]}
-               for t in top_k(probs[None], self.classes, self.top_k)[0]]
-        return Prediction(top, top[0]["probability"] < self.abstain_below, self.version)
+        answer = self.batcher.submit(prepared)
+        return Prediction(answer["top"], bool(answer["abstain"]), self.version)
 
     def heatmap_png(self, prepared: Prepared) -> bytes:
         """Grad-CAM of the predicted class over the normalised picture, as PNG bytes."""
         from pipelines.gradcam import gradcam, overlay
 
-        heat = gradcam(self.model, self._inputs([prepared]))[0]
-        blended = overlay(np.asarray(prepared.picture), heat)
+        inputs = model_inputs(self.contract, [prepared.image], [prepared.metadata])
+        heat = gradcam(self.predictor.model, inputs)[0]
+        picture = normalized_pixels(prepared.image, self.contract.image_limits())
+        blended = overlay(picture, heat)
         buf = io.BytesIO()
         Image.fromarray(np.round(blended * 255).astype(np.uint8)).save(buf, "PNG")
         return buf.getvalue()
