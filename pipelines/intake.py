@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import hashlib
 import io
 import itertools
@@ -68,6 +67,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import pandas as pd
 
 from pipelines.bounds import CaseBounds
+from pipelines.folders import FolderBusy, folder_lock, fsync_dir, write_atomic
 from pipelines.config import Paths, load_params, project_root, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
 from pipelines.datasets.base import (
@@ -496,7 +496,7 @@ def _store_case(item: _Checked, intake_dir: Path, received_at: str) -> dict[str,
     data = item.file.path.read_bytes()
     if hashlib.sha256(data).hexdigest() != item.info.sha256:
         raise RuntimeError(f"{item.file.origin} changed while intake read it; rerun intake")
-    _write_atomic(intake_dir / rel, data)
+    write_atomic(intake_dir / rel, data)
     return {
         "file": rel,
         "label": item.label,
@@ -517,30 +517,6 @@ def _cell(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- durable writes and the journal
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, rename over it, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _csv_text(columns: Iterable[str], rows: Iterable[Mapping[str, Any]], header: bool) -> str:
@@ -596,7 +572,7 @@ def _move_one(src: Path, dest: Path) -> None:
 
 def _commit(intake_dir: Path, journal: dict[str, Any]) -> None:
     """Journal first (fsynced), then the appends, pending.json and the moves, then no journal."""
-    _write_atomic(intake_dir / JOURNAL_FILE, json.dumps(journal, sort_keys=True).encode("utf-8"))
+    write_atomic(intake_dir / JOURNAL_FILE, json.dumps(journal, sort_keys=True).encode("utf-8"))
     _replay(intake_dir, journal)
 
 
@@ -604,13 +580,13 @@ def _replay(intake_dir: Path, journal: Mapping[str, Any]) -> None:
     for plan in journal["appends"]:
         _apply_append(intake_dir, plan)
     if journal.get("pending") is not None:
-        _write_atomic(intake_dir / PENDING_FILE, json.dumps(journal["pending"], indent=1, sort_keys=True).encode())
+        write_atomic(intake_dir / PENDING_FILE, json.dumps(journal["pending"], indent=1, sort_keys=True).encode())
     for src, dest in journal["moves"]:
         _move_one(Path(src), Path(dest))
     for folder in sorted({str(Path(d).parent) for _, d in journal["moves"]}):
-        _fsync_dir(Path(folder))
+        fsync_dir(Path(folder))
     (intake_dir / JOURNAL_FILE).unlink()
-    _fsync_dir(intake_dir)
+    fsync_dir(intake_dir)
 
 
 def _remove_temporaries(intake_dir: Path) -> None:
@@ -682,23 +658,14 @@ def _pending_doc(intake_dir: Path, source: str, state: PendingState, finished: b
 @contextmanager
 def _locked(folder: Path, timeout_s: float, what: str) -> Iterator[None]:
     """An exclusive flock on the folder itself (nothing written into the drop)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise IntakeBusy(
-                        f"another intake is running on {what} {folder}; gave up after {timeout_s:g} s "
-                        "(params.yaml intake.lock_timeout_s). Run intake again once it has finished."
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
+        with folder_lock(folder, timeout_s):
+            yield
+    except FolderBusy:
+        raise IntakeBusy(
+            f"another intake is running on {what} {folder}; gave up after {timeout_s:g} s "
+            "(params.yaml intake.lock_timeout_s). Run intake again once it has finished."
+        ) from None
 
 
 def _run_drop(

@@ -21,13 +21,13 @@ import io
 import json
 import math
 import os
-import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from pipelines.folders import FolderBusy, folder_lock, write_atomic
 
 LABELS = "labels.csv"
 COLUMNS = ("file", "label", "group_id", "age", "sex", "localization")
@@ -44,34 +44,11 @@ class DropBusy(RuntimeError):
 def intake_lock(drop: Path, timeout_s: float = 30.0) -> Iterator[None]:
     """Exclusive flock on the drop folder itself, the lock an intake run holds (see module doc)."""
     drop.mkdir(parents=True, exist_ok=True)
-    fd = os.open(drop, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DropBusy(f"the drop folder stayed locked by an intake run for {timeout_s:g} s") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)   # closing the descriptor releases the lock
-
-
-def _atomic_write(dest: Path, data: bytes) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with folder_lock(drop, timeout_s):
+            yield
+    except FolderBusy:
+        raise DropBusy(f"the drop folder stayed locked by an intake run for {timeout_s:g} s") from None
 
 
 def _cell(value: Any) -> str:
@@ -88,7 +65,7 @@ def write_case(drop: Path, case_id: str, image: bytes, image_format: str, label:
     row = {"file": rel, "label": label, "group_id": f"app-{case_id}",
            **{c: _cell(metadata.get(c)) for c in ("age", "sex", "localization")}}
     with intake_lock(drop, lock_timeout_s):
-        _atomic_write(drop / rel, image)
+        write_atomic(drop / rel, image)
         labels = drop / LABELS
         old = labels.read_bytes() if labels.exists() else b""
         out = io.StringIO()
@@ -99,7 +76,7 @@ def write_case(drop: Path, case_id: str, image: bytes, image_format: str, label:
         elif not old.endswith(b"\n"):
             old += b"\n"
         writer.writerow(row)
-        _atomic_write(labels, old + out.getvalue().encode())
+        write_atomic(labels, old + out.getvalue().encode())
     return rel
 
 
