@@ -33,6 +33,7 @@ from pipelines.config import DERIVED, ENSEMBLE, Paths, load_params, project_root
 from pipelines.ensemble import SHARED_KEYS, build_ensemble, differences, union_fingerprint
 from pipelines.fingerprint import read_fingerprint, write_fingerprint
 from pipelines.inference import load_bundle
+from pipelines.manifest import read_splits
 from pipelines.metrics import LOWER_IS_BETTER
 
 SELECTION_SPLIT = "val"
@@ -71,6 +72,19 @@ def write_skipped(paths: Paths, reason: str) -> dict[str, Any]:
     marker = {"skipped": reason, "arch": ENSEMBLE}
     paths.skipped(ENSEMBLE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return marker
+
+
+def execution_parent(experiment: str, best: Mapping[str, Any], dataset: str, paths: Paths) -> str:
+    """The parent run the best member trained under (one parent per pipeline execution); a parent
+    that is gone from the store gets a new one keyed by the splits."""
+    parent = best.get("parent_run_id")
+    if parent:
+        try:
+            return mlflow.MlflowClient().get_run(parent).info.run_id
+        except mlflow.exceptions.MlflowException:
+            pass
+    key = f"{dataset}-{tracking.file_digest(paths.splits)}"
+    return tracking.parent_run_id(experiment, key, run_name=f"{dataset} ensemble")
 
 
 def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,10 +128,10 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     spec = {"builder": ENSEMBLE, "members": list(chosen), "member_specs": {a: i["spec"] for a, i in infos.items()}}
 
     experiment = tracking.configure(paths, dataset)
-    key = f"{dataset}-{tracking.file_digest(paths.splits)}"
-    parent = tracking.parent_run_id(experiment, key, run_name=f"pipeline {key}")
+    parent = execution_parent(experiment, infos[next(iter(chosen))], dataset, paths)
     with mlflow.start_run(experiment_id=experiment, run_name=ENSEMBLE, parent_run_id=parent) as run:
         mlflow.set_tags({"medscan.arch": ENSEMBLE, "medscan.builder": ENSEMBLE, "medscan.dataset": dataset})
+        tracking.log_split_datasets(read_splits(paths), dataset, paths.splits)  # the rows its members saw
         mlflow.log_params({"arch": ENSEMBLE, "dataset": dataset, "ensemble.members": ",".join(chosen),
                            "ensemble.selected_on": f"{SELECTION_SPLIT} {metric}",
                            **{f"ensemble.member.{a}.run_id": i["run_id"] for a, i in infos.items()},

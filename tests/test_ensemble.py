@@ -127,7 +127,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Paths, dic
         monkeypatch.delenv(name, raising=False)  # the project's own store under tmp_path
     paths = Paths(tmp_path)
     paths.splits.parent.mkdir(parents=True)
-    paths.splits.write_bytes(b"splits")  # only hashed (the pipeline parent run's key)
+    import pandas as pd  # the candidate's run logs the splits as MLflow datasets, as train does
+
+    pd.DataFrame({"image_id": ["a", "b", "c"], "label": ["x", "y", "x"],
+                  "split": ["train", "val", "test"]}).to_parquet(paths.splits, index=False)
     write_candidate(paths, "low", 24, 1, 0.40)
     write_candidate(paths, "best", 24, 2, 0.90)
     write_candidate(paths, "second", 16, 3, 0.70)
