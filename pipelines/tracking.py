@@ -146,6 +146,8 @@ def log_split_datasets(frames: Mapping[str, Any], dataset: str, source: Path) ->
     for split, frame in frames.items():
         with warnings.catch_warnings():  # MLflow registers two equivalent local sources for paths
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            # width/height are integers and never missing: MLflow's hint about missing ints is noise
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
             data = mlflow.data.from_pandas(frame.reset_index(drop=True), source=source.as_uri(),
                                            targets="label", name=f"{dataset}-{split}")
         mlflow.log_input(data, context=split)
