@@ -150,6 +150,6 @@ def log_split_datasets(frames: Mapping[str, Any], dataset: str, source: Path) ->
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
             data = mlflow.data.from_pandas(frame.reset_index(drop=True), source=source.as_uri(),
                                            targets="label", name=f"{dataset}-{split}")
-        mlflow.log_input(data, context=split)
+            mlflow.log_input(data, context=split)   # the schema is inferred here too
         digests[split] = data.digest
     return digests
