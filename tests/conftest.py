@@ -71,7 +71,11 @@ def mlflow_store(tmp_path, monkeypatch):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # MLflow copies both URIs into os.environ; monkeypatch restores both after the test, so no
+    # later test (or its subprocesses) finds this store's registry.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield uri
+    mlflow.set_registry_uri(None)

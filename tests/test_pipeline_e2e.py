@@ -46,6 +46,7 @@ def test_repro_registers_a_champion_with_lineage(project):
     outcome = json.loads((project / "reports" / "promotion.json").read_text())
     assert outcome["blessed"] == 1 and outcome["champion_after"] == outcome["candidate_version"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / 'mlflow.db'}")   # not a store an earlier test left
     client = MlflowClient()
     champion = client.get_model_version_by_alias("medscan-ham10000", "champion")
     assert str(champion.version) == str(outcome["candidate_version"])
@@ -119,6 +120,7 @@ def test_an_experiment_leaves_the_registry_alone(project):
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / 'mlflow.db'}")   # not a store an earlier test left
     client = MlflowClient()
     name = "medscan-ham10000"
     champion = client.get_model_version_by_alias(name, "champion").version
