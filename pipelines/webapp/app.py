@@ -167,6 +167,14 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
             return page(request, "error.html", 403, message="This page is for administrators.")
         return user
 
+    async def signed_in_form(request: Request, admin: bool = False) -> tuple[User, Any] | Response:
+        """(user, form) of a signed-in POST whose CSRF token checks, else the response to send."""
+        user = login_required(request, admin=admin)
+        if isinstance(user, Response):
+            return user
+        form = await checked_form(request)
+        return csrf_refused(request) if form is None else (user, form)
+
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         if state.model is None:
@@ -219,12 +227,10 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
 
     @app.post("/upload", response_class=HTMLResponse)
     async def upload(request: Request) -> Response:
-        user = login_required(request)
-        if isinstance(user, Response):
-            return user
-        form = await checked_form(request)
-        if form is None:
-            return csrf_refused(request)
+        signed = await signed_in_form(request)
+        if isinstance(signed, Response):
+            return signed
+        user, form = signed
         values = {k: str(v) for k, v in form.items() if isinstance(v, str)}
 
         def again(status: int, error: str, field: str | None = None) -> HTMLResponse:
@@ -278,12 +284,10 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
 
     @app.post("/cases/{case_id}/confirm", response_class=HTMLResponse)
     async def confirm(request: Request, case_id: str) -> Response:
-        user = login_required(request)
-        if isinstance(user, Response):
-            return user
-        form = await checked_form(request)
-        if form is None:
-            return csrf_refused(request)
+        signed = await signed_in_form(request)
+        if isinstance(signed, Response):
+            return signed
+        user, form = signed
         item = owned(request, user, case_id)
         if item is None:
             return page(request, "error.html", 404, message="This case is no longer waiting for a "
@@ -314,12 +318,10 @@ def create_app(root: Path, params: Mapping[str, Any], model: ModelAdapter | None
 
     @app.post("/admin/users", response_class=HTMLResponse)
     async def admin_action(request: Request) -> Response:
-        user = login_required(request, admin=True)
-        if isinstance(user, Response):
-            return user
-        form = await checked_form(request)
-        if form is None:
-            return csrf_refused(request)
+        signed = await signed_in_form(request, admin=True)
+        if isinstance(signed, Response):
+            return signed
+        user, form = signed
         action, name = str(form.get("action") or ""), str(form.get("username") or "").strip()
         try:
             if action == "create":
