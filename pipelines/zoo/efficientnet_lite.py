@@ -335,15 +335,9 @@ def build(
     path = None if weights is None else weights_file(weights, variant)  # fail before building
     image, metadata = heads.model_inputs(input_shape, metadata_dim)
     features = heads.mark_features(backbone(image, variant, drop_connect_rate=drop_connect_rate))
-    if attention:
-        x = layers.Flatten(name="flatten")(heads.attention_pool(features, heads=attention_heads))
-    else:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
-    if dense_units:
-        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-    rate = VARIANTS[variant][3] if dropout is None else dropout
-    if rate:
-        x = layers.Dropout(rate, name="head_dropout")(x)
+    x = heads.backbone_head(features, attention=attention, attention_heads=attention_heads,
+                            dense_units=dense_units,
+                            dropout=VARIANTS[variant][3] if dropout is None else dropout)
     model = heads.assemble(image, metadata, x, num_classes=num_classes,
                            name=name or f"efficientnet_{variant}",
                            metadata_units=metadata_units, metadata_dropout=metadata_dropout)

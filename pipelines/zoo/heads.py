@@ -176,6 +176,21 @@ def metadata_branch(
     return x
 
 
+def backbone_head(features: Any, *, attention: bool, attention_heads: int, dense_units: int,
+                  dropout: float) -> Any:
+    """The head of a pretrained backbone: [soft attention + flatten | global average pool], an
+    optional hidden Dense, dropout. Layer names are fixed (weights and Grad-CAM find them)."""
+    if attention:
+        x = layers.Flatten(name="flatten")(attention_pool(features, heads=attention_heads))
+    else:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    if dense_units:
+        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    return x
+
+
 def assemble(
     image: keras.KerasTensor,
     metadata: keras.KerasTensor | None,

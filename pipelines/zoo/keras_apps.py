@@ -208,14 +208,8 @@ def build(
     _set_trainable(base, trainable_backbone, fine_tune_last)
 
     features = heads.mark_features(base.output)
-    if attention:
-        x = layers.Flatten(name="flatten")(heads.attention_pool(features, heads=attention_heads))
-    else:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
-    if dense_units:
-        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = heads.backbone_head(features, attention=attention, attention_heads=attention_heads,
+                            dense_units=dense_units, dropout=dropout)
     return heads.assemble(
         image,
         metadata,
