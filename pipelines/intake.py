@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -84,7 +83,7 @@ from pipelines.datasets.base import (
     relative,
     resolve_duplicates,
 )
-from pipelines.images import ImageInfo, ImageReason, ImageRejected, try_normalize
+from pipelines.images import ImageInfo, ImageReason, ImageRejected, sha256_hex, try_normalize
 from pipelines.manifest import METADATA_COLUMNS, QUARANTINE_COLUMNS, IgnoredEntry, QuarantineEntry
 
 INTAKE_DIR = "intake"
@@ -494,7 +493,7 @@ def _store_case(item: _Checked, intake_dir: Path, received_at: str) -> dict[str,
     ext = FORMAT_EXTENSIONS.get(item.info.format, item.info.format.lower() or "bin")
     rel = f"{IMAGES_DIR}/{item.info.sha256}.{ext}"
     data = item.file.path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != item.info.sha256:
+    if sha256_hex(data) != item.info.sha256:
         raise RuntimeError(f"{item.file.origin} changed while intake read it; rerun intake")
     write_atomic(intake_dir / rel, data)
     return {
@@ -865,7 +864,7 @@ def intake_s3(
 
 
 def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_hex(path.read_bytes())
 
 
 # ---------------------------------------------------------------- entry points

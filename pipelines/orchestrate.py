@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from pipelines.config import PARAMS_FILE, Paths, resolve
-from pipelines.intake import ensure_intake_dir, intake_dir_for
+from pipelines.intake import LABELS_FILE, ensure_intake_dir, intake_dir_for
 from pipelines.redact import redact, redact_value
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SCHEDULE = "0 3 * * 1"        # Mondays 03:00 UTC: the weekly forced retrain
 DEFAULT_WATCH_SCHEDULE = "*/10 * * * *"   # how often the drop-folder watcher looks
 DEFAULT_DROP_FOLDER = "incoming"
-LABELS_FILE = "labels.csv"            # a drop is waiting while <drop>/labels.csv exists
 LOCK_NAME = "medscan-orchestrate.lock"
 FORCED_RUN_TYPES = frozenset({"scheduled", "backfill"})
 TAIL_CHARS = 4000

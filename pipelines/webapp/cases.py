@@ -28,13 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.folders import FolderBusy, folder_lock, write_atomic
+from pipelines.intake import FORMAT_EXTENSIONS
+from pipelines.intake import LABELS_FILE as LABELS
 
-LABELS = "labels.csv"
 COLUMNS = ("file", "label", "group_id", "age", "sex", "localization")
 SUBFOLDER = "medscan-app"          # cases from the app, apart from other deliveries
-FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif",
-                     "GIF": "gif", "WEBP": "webp"}
-
 
 class DropBusy(RuntimeError):
     """The drop folder stayed locked (an intake run) for longer than the caller would wait."""
