@@ -18,6 +18,9 @@ PARAMS_FILE = "params.yaml"
 # without a cycle (a stage cannot depend on a folder holding its own output).
 ENSEMBLE = "ensemble"
 DERIVED: tuple[str, ...] = (ENSEMBLE,)
+# data/intake: accepted intake cases (layout in pipelines/cases.py); also the source-path prefix of
+# those cases in the manifest.
+INTAKE_DIR = "intake"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class Paths:
         """Normalised copies by sha256 and normalisation digest (git-ignored, not a DVC output):
         what lets ingest decode only new images. See pipelines/image_cache.py."""
         return self.root / ".cache" / "ingest"
+
+    @property
+    def intake(self) -> Path:
+        """Cases accepted by intake (images/, cases.csv, quarantine.csv), merged by ingest."""
+        return self.data / INTAKE_DIR
 
     @property
     def manifest(self) -> Path:
@@ -70,6 +78,11 @@ class Paths:
     @property
     def validation(self) -> Path:
         return self.reports / "validation.json"
+
+    @property
+    def expectations(self) -> Path:
+        """Great Expectations suites, one JSON file per data set (pipelines.checks)."""
+        return self.root / "expectations"
 
     @property
     def data_docs(self) -> Path:

@@ -42,7 +42,7 @@ from pipelines.datasets import DatasetAdapter, get_adapter
 from pipelines.datasets.base import Candidate, IgnoreReason, Rejected, SourceReason, resolve_duplicates
 from pipelines.image_cache import ImageCache, reuse_or_normalize
 from pipelines.images import ImageInfo, ImageLimits, ImageRejected, stored_name
-from pipelines.intake import intake_dir_for, scan_cases
+from pipelines.cases import scan_cases
 from pipelines.manifest import (
     CORE_COLUMNS,
     IgnoredEntry,
@@ -334,7 +334,7 @@ def main() -> int:
     params = load_params(root)
     paths = Paths(root)
     dataset = params["dataset"]
-    intake_dir = intake_dir_for(paths)
+    intake_dir = paths.intake
     ingest(
         dataset["name"],
         resolve(root, dataset["root"]),

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from pipelines.config import PARAMS_FILE, Paths, resolve
-from pipelines.intake import LABELS_FILE, ensure_intake_dir, intake_dir_for
+from pipelines.cases import LABELS_FILE, ensure_intake_dir
 from pipelines.redact import redact, redact_value
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def take_in(root: Path, drop: Path | None, s3_prefix: str | None = None,
     with checkout_lock(root):
         # A fresh checkout has no data/intake yet (it is DVC-tracked from the first accepted case);
         # the ingest stage depends on it, so create the empty state before any stage runs.
-        ensure_intake_dir(intake_dir_for(Paths(root)))
+        ensure_intake_dir(Paths(root).intake)
         if drop is not None:
             drop = Path(drop)
             drop.mkdir(parents=True, exist_ok=True)

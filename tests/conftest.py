@@ -32,7 +32,7 @@ def copy_project(dest: Path) -> Path:
             shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, target)
-    from pipelines.intake import ensure_intake_dir
+    from pipelines.cases import ensure_intake_dir
 
     ensure_intake_dir(dest / "data" / "intake")  # what `make demo` does on a fresh clone
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
