@@ -30,6 +30,7 @@ import pandas as pd
 
 from pipelines.bounds import CaseBounds
 from pipelines.datadocs import make_offline
+from pipelines.jsonsafe import json_safe
 from pipelines.manifest import CORE_COLUMNS, SPLITS, TRAIN
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -332,17 +333,6 @@ def _default_batch(frames: Mapping[str, pd.DataFrame]) -> str:
     return next(iter(frames))
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and nested containers as plain JSON types (GE hands back np.float64 etc.)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()
-    return value
-
-
 def _result_dict(batch: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Flatten one GE result into the JSON-safe record kept in validation.json and the summary."""
     config = raw.get("expectation_config") or {}
@@ -352,7 +342,7 @@ def _result_dict(batch: str, raw: Mapping[str, Any]) -> dict[str, Any]:
                 or result.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]
     mismatched = (result.get("details") or {}).get("mismatched") or {}
     missing = result.get("partial_missing_list") or mismatched.get("missing")
-    return _plain({
+    return json_safe({
         "batch": batch,
         "expectation": config.get("type"),
         "title": config.get("description") or f"{config.get('type')} {kwargs.get('column', '')}".strip(),
@@ -446,7 +436,7 @@ def validate_manifest(df: pd.DataFrame, dataset_name: str, classes: Sequence[str
     rate = frames.get("quarantine_rate")
     return ValidationOutcome(name=dataset_name, success=all(r["success"] for r in results),
                              results=results, rows=len(df), docs_index=index,
-                             quarantine=None if rate is None else _plain(rate.iloc[0].to_dict()))
+                             quarantine=None if rate is None else json_safe(rate.iloc[0].to_dict()))
 
 
 def validate_splits(splits_df: pd.DataFrame, classes: Sequence[str] | None = None, *,

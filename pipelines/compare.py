@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import config
-from pipelines.metrics import LOWER_IS_BETTER, json_safe
+from pipelines.jsonsafe import json_safe
+from pipelines.metrics import LOWER_IS_BETTER
 from pipelines.report import Block, Images, Table, render_html, render_md
 from pipelines.report import slug as _slug
 
