@@ -112,7 +112,7 @@ def ingest_and_split(source: Path, paths, params: dict) -> tuple[dict[str, Any],
 def train_and_score(arch: str, paths, params: dict, frames: dict) -> dict[str, Any]:
     """The train stage's function, then the validation score of what it saved (both timed)."""
     from pipelines.inference import load_bundle
-    from pipelines.train import train
+    from pipelines.train import run as train
 
     started = time.perf_counter()
     info = train(arch, paths, params)

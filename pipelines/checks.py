@@ -30,6 +30,7 @@ import pandas as pd
 
 from pipelines.bounds import CaseBounds
 from pipelines.datadocs import make_offline
+from pipelines.errors import ConfigError
 from pipelines.jsonsafe import json_safe
 from pipelines.manifest import CORE_COLUMNS, SPLITS, TRAIN
 
@@ -141,7 +142,7 @@ def load_suite(dataset_name: str, suite_dir: Path | None = None) -> dict[str, An
         raise FileNotFoundError(f"no expectation suite for data set {dataset_name!r}: {path}")
     suite = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(suite.get("expectations"), list) or not suite["expectations"]:
-        raise ValueError(f"{path}: an ExpectationSuite JSON with a non-empty 'expectations' list is expected")
+        raise ConfigError(f"{path}: an ExpectationSuite JSON with a non-empty 'expectations' list is expected")
     return suite
 
 
@@ -181,7 +182,7 @@ def manifest_parameters(classes: Sequence[str], categorical_values: Mapping[str,
     """
     moved = sorted(MOVED_TO_BOUNDS & set(params))
     if moved:
-        raise ValueError(f"params.yaml validate: {moved} moved to the `bounds:` section (one definition)")
+        raise ConfigError(f"params.yaml validate: {moved} moved to the `bounds:` section (one definition)")
     return {
         "classes": list(classes),
         "expected_classes": expected_classes(classes, labels, params),
@@ -271,7 +272,7 @@ class _GX:
             try:  # ExpectationSuite(**json) logs and skips a bad expectation: fail loudly instead
                 built.append(ExpectationConfiguration(**exp).to_domain_obj())
             except Exception as err:
-                raise ValueError(f"suite {name}: expectation {i} ({exp.get('type')}) is invalid: {err}") from err
+                raise ConfigError(f"suite {name}: expectation {i} ({exp.get('type')}) is invalid: {err}") from err
         return self.context.suites.add(self._gx.ExpectationSuite(name=name, expectations=built, notes=notes))
 
     def validate(self, suite: Mapping[str, Any], frames: Mapping[str, pd.DataFrame],
@@ -279,13 +280,13 @@ class _GX:
         """Run the suite's expectations, each on the frame its `meta.batch` names; results in file order."""
         missing = suite_parameter_names(suite) - set(parameters)
         if missing:
-            raise ValueError(f"suite {suite['name']} needs parameters nobody supplied: {sorted(missing)}")
+            raise ConfigError(f"suite {suite['name']} needs parameters nobody supplied: {sorted(missing)}")
         by_batch: dict[str, list[dict[str, Any]]] = {}
         for exp in suite["expectations"]:
             by_batch.setdefault((exp.get("meta") or {}).get("batch", _default_batch(frames)), []).append(exp)
         unknown = set(by_batch) - set(frames)
         if unknown:
-            raise ValueError(f"suite {suite['name']} names batches with no frame: {sorted(unknown)}")
+            raise ConfigError(f"suite {suite['name']} names batches with no frame: {sorted(unknown)}")
         results: list[dict[str, Any]] = []
         for batch, exps in by_batch.items():
             frame = frames[batch]

@@ -7,6 +7,7 @@ traceback for a user error.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Iterator
@@ -49,6 +50,13 @@ def setup_logging(level: int = logging.INFO, stream: str = "stdout") -> None:
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(logging.Formatter(FORMAT))
     logger.addHandler(handler)
+
+
+def arch_argument(description: str, argv: list[str] | None = None) -> str:
+    """The `--arch NAME` a per-architecture stage (train, evaluate) is run with (dvc.yaml foreach)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--arch", required=True)
+    return parser.parse_args(argv).arch
 
 
 @contextmanager

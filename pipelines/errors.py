@@ -17,8 +17,9 @@ class ConfigError(MedscanError, ValueError):
     callers caught before the project had its own class."""
 
 
-class DataError(MedscanError):
-    """The data on disk cannot go on to the next stage (a failed validation, an unusable split)."""
+class DataError(MedscanError, ValueError):
+    """The data on disk cannot go on to the next stage (a failed validation, an unusable split,
+    nothing to compare). Also a ValueError, for the same reason as ConfigError."""
 
 
 class RegistryError(MedscanError):

@@ -37,12 +37,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipelines.bounds import CaseBounds, screen_candidates
+from pipelines.cases import scan_cases
+from pipelines.cli import exits_on_error, setup_logging
 from pipelines.config import Paths, load_params, project_root, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
 from pipelines.datasets.base import Candidate, IgnoreReason, Rejected, SourceReason, resolve_duplicates
+from pipelines.errors import ConfigError
 from pipelines.image_cache import ImageCache, reuse_or_normalize
 from pipelines.images import ImageInfo, ImageLimits, ImageRejected, stored_name
-from pipelines.cases import scan_cases
 from pipelines.manifest import (
     CORE_COLUMNS,
     IgnoredEntry,
@@ -111,7 +113,7 @@ def ingest(
     started = time.perf_counter()
     moved = sorted(set(params) & {"min_side", "max_side", "max_pixels"})
     if moved:
-        raise ValueError(f"params.yaml ingest: {moved} moved to the `bounds:` section (one definition)")
+        raise ConfigError(f"params.yaml ingest: {moved} moved to the `bounds:` section (one definition)")
     adapter = get_adapter(adapter_name)
     scan = adapter.scan(Path(source_root))
     if intake_dir is not None:
@@ -327,22 +329,20 @@ def prune_images(images_dir: Path, keep: set[str]) -> int:
     return len(stale)
 
 
-def main() -> int:
-    """`python -m pipelines.ingest`: params `dataset`, `ingest` and `bounds`, paths from the project root."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = project_root()
-    params = load_params(root)
-    paths = Paths(root)
+def run(paths: Paths, params: Mapping[str, Any]) -> IngestSummary:
+    """The stage: params `dataset` (which adapter, where its source is), `ingest` and `bounds`; the
+    intake folder's cases join when it exists."""
     dataset = params["dataset"]
-    intake_dir = paths.intake
-    ingest(
-        dataset["name"],
-        resolve(root, dataset["root"]),
-        paths,
-        params.get("ingest", {}),
-        intake_dir if intake_dir.exists() else None,
-        CaseBounds.from_params(params),
-    )
+    return ingest(dataset["name"], resolve(paths.root, dataset["root"]), paths, params.get("ingest", {}),
+                  paths.intake if paths.intake.exists() else None, CaseBounds.from_params(params))
+
+
+def main() -> int:
+    """`python -m pipelines.ingest`, paths from the project root."""
+    setup_logging()
+    root = project_root()
+    with exits_on_error("ingest"):
+        run(Paths(root), load_params(root))
     return 0
 
 

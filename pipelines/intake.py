@@ -77,6 +77,7 @@ from pipelines.cases import (
     ensure_intake_dir,
     known_shas,
 )
+from pipelines.errors import ConfigError, MedscanError
 from pipelines.folders import FolderBusy, folder_lock, fsync_dir, write_atomic
 from pipelines.config import Paths, load_params, project_root, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
@@ -130,7 +131,7 @@ class IntakeSettings:
         return cls(**{k: float(section[k]) for k in names if k in section})
 
 
-class IntakeBusy(RuntimeError):
+class IntakeBusy(MedscanError, RuntimeError):
     """Another intake holds the drop (or intake) folder: a clear message, not a traceback."""
 
 
@@ -660,10 +661,10 @@ def intake_folder(
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix/")."""
     if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
+        raise ConfigError(f"not an s3:// URI: {uri!r}")
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
-        raise ValueError(f"no bucket in {uri!r}")
+        raise ConfigError(f"no bucket in {uri!r}")
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
 

@@ -261,7 +261,7 @@ def take_in(root: Path, drop: Path | None, s3_prefix: str | None = None,
 
 
 @dataclass(frozen=True)
-class Decision:
+class RetrainDecision:
     retrain: bool
     reason: str
 
@@ -272,7 +272,7 @@ def first_run_reason(root: Path, stage_names: Sequence[str]) -> str | None:
     No dvc.lock, a stage missing from it (a new architecture), no promotion outcome, or no
     champion yet: the first run trains whatever triggered it.
     """
-    lock = Path(root) / "dvc.lock"
+    lock = Paths(Path(root)).dvc_lock
     if not lock.is_file():
         return "no dvc.lock yet: the pipeline has never run in this checkout"
     locked = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
@@ -287,7 +287,7 @@ def first_run_reason(root: Path, stage_names: Sequence[str]) -> str | None:
     return None
 
 
-def retrain_decision(accepted: int, run_type: str, force: bool, first_run: str | None) -> Decision:
+def retrain_decision(accepted: int, run_type: str, force: bool, first_run: str | None) -> RetrainDecision:
     """Retrain when new cases arrived, the weekly schedule or a user forces it, or on a first run.
 
     An asset-triggered or manual run with nothing new and no force skips every stage.
@@ -302,8 +302,8 @@ def retrain_decision(accepted: int, run_type: str, force: bool, first_run: str |
     if first_run:
         reasons.append(f"first run ({first_run})")
     if reasons:
-        return Decision(True, "; ".join(reasons))
-    return Decision(False, f"{run_type} run, no new cases and nothing forces a retrain: stages skipped")
+        return RetrainDecision(True, "; ".join(reasons))
+    return RetrainDecision(False, f"{run_type} run, no new cases and nothing forces a retrain: stages skipped")
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
