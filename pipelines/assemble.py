@@ -30,8 +30,8 @@ import mlflow
 
 from pipelines import tracking
 from pipelines.candidate import save_candidate
-from pipelines.cli import exits_on_error, setup_logging
-from pipelines.config import ARTIFACT_DIR, DERIVED, ENSEMBLE, Paths, load_params, project_root
+from pipelines.cli import run_stage
+from pipelines.config import ARTIFACT_DIR, DERIVED, ENSEMBLE, Paths
 from pipelines.ensemble import SHARED_KEYS, build_ensemble, differences, union_fingerprint
 from pipelines.errors import ConfigError
 from pipelines.fingerprint import read_fingerprint, write_fingerprint
@@ -168,10 +168,7 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    setup_logging()
-    root = project_root()
-    with exits_on_error("ensemble"):
-        result = run(Paths(root), load_params(root))
+    result = run_stage("ensemble", run)
     if "skipped" in result:
         log.info("ensemble: skipped (%s)", result["skipped"])
         return

@@ -1,19 +1,23 @@
 """What every command-line `main()` shares: logging set up once, project errors as one line + exit 1.
 
-A stage's `run(paths, params...)` returns its result and raises `MedscanError`; its `main()` loads
-params, calls `setup_logging()` and wraps the call in `exits_on_error(name)`, so every stage fails
-the same way: `<name>: <message>` on stderr and exit status 1 (the SystemExit message), never a
-traceback for a user error.
+A stage's `run(paths, params...)` returns its result and raises `MedscanError`; its `main()` is
+`run_stage(name, run)` (logging set up, params.yaml of the project root loaded, the error caught)
+plus the stage's one summary line, so every stage fails the same way: `<name>: <message>` on
+stderr and exit status 1 (the SystemExit message), never a traceback for a user error.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
+from pipelines.config import Paths, load_params, project_root
 from pipelines.errors import MedscanError
+
+T = TypeVar("T")
 
 FORMAT = "%(message)s"
 _HANDLER_NAME = "medscan-cli"
@@ -52,11 +56,18 @@ def setup_logging(level: int = logging.INFO, stream: str = "stdout") -> None:
     logger.addHandler(handler)
 
 
-def arch_argument(description: str, argv: list[str] | None = None) -> str:
-    """The `--arch NAME` a per-architecture stage (train, evaluate) is run with (dvc.yaml foreach)."""
+def run_arch_stage(name: str, description: str, run: Callable[[str, Paths, Mapping[str, Any]], T],
+                   argv: list[str] | None = None) -> tuple[str, T] | None:
+    """run_stage for a per-architecture stage (train, evaluate: `--arch NAME`, a dvc.yaml foreach
+    item). A candidate that did not run (its result holds `skipped`) is logged here and gives None."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--arch", required=True)
-    return parser.parse_args(argv).arch
+    arch = parser.parse_args(argv).arch
+    result = run_stage(f"{name} {arch}", lambda paths, params: run(arch, paths, params))
+    if isinstance(result, Mapping) and "skipped" in result:
+        logging.getLogger(f"pipelines.{name}").info("%s %s: skipped (%s)", name, arch, result["skipped"])
+        return None
+    return arch, result
 
 
 @contextmanager
@@ -67,3 +78,12 @@ def exits_on_error(name: str) -> Iterator[None]:
         yield
     except MedscanError as err:
         raise SystemExit(f"{name}: {err}") from err
+
+
+def run_stage(name: str, run: Callable[[Paths, Mapping[str, Any]], T]) -> T:
+    """What every stage's main() does first: log, call `run` on the project root (MEDSCAN_ROOT or
+    the working directory, as DVC runs it) with its params.yaml, a MedscanError as exit 1."""
+    setup_logging()
+    root = project_root()
+    with exits_on_error(name):
+        return run(Paths(root), load_params(root))

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import exits_on_error, setup_logging
-from pipelines.config import (COMPARE_HTML, COMPARE_JSON, COMPARE_MD, PLOT_NAMES, Paths, candidates, load_params,
-                              plot_file, project_root)
+from pipelines.cli import run_stage
+from pipelines.config import (COMPARE_HTML, COMPARE_JSON, COMPARE_MD, PLOT_NAMES, Paths, candidates, plot_file,
+                              project_root)
 from pipelines.errors import ConfigError, DataError
 from pipelines.jsonsafe import json_safe
 from pipelines.metrics import LOWER_IS_BETTER
@@ -408,15 +408,10 @@ class Report:
     result: dict[str, Any]
 
 
-def build_report(
-    metrics_by_arch: dict[str, dict],
-    plots_root: Path,
-    out_dir: Path,
-    rank_metric: str,
-    *,
-    split_sizes: Mapping[str, int] | None = None,
-) -> dict:
-    """Write compare.md/.html/.json into out_dir and return the compare.json content."""
+def build_report(metrics_by_arch: dict[str, dict], plots_root: Path, out_dir: Path, rank_metric: str, *,
+                 split_sizes: Mapping[str, int] | None = None) -> dict:
+    """compute_report + write_report (same arguments): compare.md/.html/.json written into out_dir;
+    returns the compare.json content."""
     report = compute_report(metrics_by_arch, plots_root, out_dir, rank_metric, split_sizes=split_sizes)
     write_report(report, out_dir)
     return report.result
@@ -429,7 +424,7 @@ def write_report(report: Report, out_dir: Path) -> None:
     (out_dir / COMPARE_MD).write_text(render_md(report.blocks), encoding="utf-8")
     (out_dir / COMPARE_HTML).write_text(render_html(report.blocks, report.title), encoding="utf-8")
     (out_dir / COMPARE_JSON).write_text(json.dumps(report.result, indent=2, allow_nan=False) + "\n",
-                                     encoding="utf-8")
+                                        encoding="utf-8")
 
 
 def compute_report(
@@ -627,14 +622,10 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     """DVC entry point."""
-    setup_logging()
-    root = project_root()
-    paths = Paths(root)
-    with exits_on_error("compare"):
-        result = run(paths, load_params(root))
+    result = run_stage("compare", run)
     log.info("compare: %d candidates (%d skipped), ranked by validation %s; best = %s; report in %s",
              len(result["rows"]) + len(result["skipped"]), len(result["skipped"]), result["rank_metric"],
-             result["best"], paths.compare_md)
+             result["best"], Paths(project_root()).compare_dir / COMPARE_MD)
 
 
 if __name__ == "__main__":

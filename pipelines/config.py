@@ -116,20 +116,14 @@ class Paths:
         return self.compare_dir / COMPARE_JSON
 
     @property
-    def compare_md(self) -> Path:
-        return self.compare_dir / COMPARE_MD
-
-    @property
-    def compare_html(self) -> Path:
-        return self.compare_dir / COMPARE_HTML
-
-    @property
     def dvc_lock(self) -> Path:
         """What DVC recorded of the last run (promote's lineage, the DAG's first-run check)."""
         return self.root / LOCK_FILE
 
     @property
     def promotion(self) -> Path:
+        """The promote stage's verdict (blessed or not and why, every gate number, the lineage): the
+        DAG's run outcome and asset, and what the demo's summary explains."""
         return self.reports / "promotion.json"
 
     def _candidates(self, arch: str) -> Path:

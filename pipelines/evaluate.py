@@ -29,8 +29,8 @@ import pandas as pd
 from pipelines import dvc_metrics, tracking
 from pipelines.bootstrap import metric_intervals
 from pipelines.calibration import calibration_report
-from pipelines.cli import arch_argument, exits_on_error, setup_logging
-from pipelines.config import ARTIFACT_DIR, CONTRACT_FILE, Paths, load_params, project_root
+from pipelines.cli import run_arch_stage
+from pipelines.config import ARTIFACT_DIR, CONTRACT_FILE, Paths
 from pipelines.contract import ModelContract, as_contract, for_model_dir
 from pipelines.contract import save as save_contract
 from pipelines.gradcam import gradcam, save_gradcam_grid
@@ -204,19 +204,13 @@ def run(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    arch = arch_argument("Evaluate one trained architecture on val and test.", argv)
-    root = project_root()
-    with exits_on_error(f"evaluate {arch}"):
-        report = run(arch, Paths(root), load_params(root))
-    if "skipped" in report:
-        log.info("%s: skipped (%s)", arch, report["skipped"])
-        return
-    t, v = report["test"], report["val"] or {}
-    log.info("%s: val balanced accuracy %s (selects); test (reports): accuracy %s, balanced accuracy %s, "
-             "macro F1 %s, macro ROC-AUC %s (majority baseline accuracy %s)", arch,
-             _fmt(v.get("balanced_accuracy")), _fmt(t["accuracy"]), _fmt(t["balanced_accuracy"]),
-             _fmt(t["f1_macro"]), _fmt(t["roc_auc_macro_ovr"]), _fmt(report["baseline"]["accuracy"]))
+    if done := run_arch_stage("evaluate", "Evaluate one trained architecture on val and test.", run, argv):
+        arch, report = done
+        t, v = report["test"], report["val"] or {}
+        log.info("%s: val balanced accuracy %s (selects); test (reports): accuracy %s, balanced accuracy "
+                 "%s, macro F1 %s, macro ROC-AUC %s (majority baseline accuracy %s)", arch,
+                 _fmt(v.get("balanced_accuracy")), _fmt(t["accuracy"]), _fmt(t["balanced_accuracy"]),
+                 _fmt(t["f1_macro"]), _fmt(t["roc_auc_macro_ovr"]), _fmt(report["baseline"]["accuracy"]))
 
 
 def _fmt(value: Any) -> str:

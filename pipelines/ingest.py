@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from pipelines.bounds import CaseBounds, screen_candidates
 from pipelines.cases import scan_cases
-from pipelines.cli import exits_on_error, setup_logging
-from pipelines.config import Paths, load_params, project_root, resolve
+from pipelines.cli import run_stage
+from pipelines.config import Paths, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
 from pipelines.datasets.base import Candidate, IgnoreReason, Rejected, SourceReason, resolve_duplicates
 from pipelines.errors import ConfigError
@@ -339,10 +339,7 @@ def run(paths: Paths, params: Mapping[str, Any]) -> IngestSummary:
 
 def main() -> int:
     """`python -m pipelines.ingest`, paths from the project root."""
-    setup_logging()
-    root = project_root()
-    with exits_on_error("ingest"):
-        run(Paths(root), load_params(root))
+    run_stage("ingest", run)
     return 0
 
 

@@ -28,8 +28,8 @@ from mlflow.entities.model_registry import ModelVersion
 
 from pipelines import dvc_metrics, registry, tracking
 from pipelines.candidate import read_train_info
-from pipelines.cli import exits_on_error, setup_logging
-from pipelines.config import ARTIFACT_DIR, Paths, load_params, project_root
+from pipelines.cli import run_stage
+from pipelines.config import ARTIFACT_DIR, Paths
 from pipelines.errors import DataError
 from pipelines.fingerprint import ARTIFACT as FINGERPRINT_ARTIFACT
 from pipelines.fingerprint import check_fingerprint, read_fingerprint, training_fingerprint
@@ -218,10 +218,7 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    setup_logging()
-    root = project_root()
-    with exits_on_error("promote"):
-        out = run(Paths(root), load_params(root))
+    out = run_stage("promote", run)
     verdict = "BLESSED" if out["blessed"] else "not blessed"
     version = f"v{out['candidate_version']}" if out["registered"] else "(experiment, not registered)"
     champion = "none" if out["champion_after"] is None else f"v{out['champion_after']}"

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from pipelines import dvc_metrics
-from pipelines.config import Paths, load_params, project_root
+from pipelines.config import Paths
 from pipelines.checks import validate_splits
-from pipelines.cli import exits_on_error, setup_logging
+from pipelines.cli import run_stage
 from pipelines.errors import ConfigError, DataError
 from pipelines.manifest import SPLITS, TEST, TRAIN, VAL, read_manifest, write_manifest
 
@@ -153,10 +153,7 @@ def run(paths: Paths, params: Mapping) -> dict:
 
 
 def main() -> None:
-    setup_logging()
-    root = project_root()
-    with exits_on_error("split"):
-        report = run(Paths(root), load_params(root))
+    report = run_stage("split", run)
     strat = report["stratification"]
     log.info("split (salt %r): %s (groups %s), overlapping groups: %s, largest class deviation from %s: %.3f",
              report["salt"], report["sizes"], report["groups"], report["overlapping_groups"],

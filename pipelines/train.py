@@ -21,8 +21,8 @@ import pandas as pd
 
 from pipelines import finetune, tracking, warm_start
 from pipelines.candidate import save_candidate
-from pipelines.cli import arch_argument, exits_on_error, setup_logging
-from pipelines.config import ARTIFACT_DIR, Paths, load_params, project_root
+from pipelines.cli import run_arch_stage
+from pipelines.config import ARTIFACT_DIR, Paths
 from pipelines.contract import from_train_info
 from pipelines.contract import save as save_contract
 from pipelines.data import make_dataset, steps_per_epoch
@@ -163,16 +163,10 @@ def run(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    arch = arch_argument("Train one architecture (params.yaml zoo entry).", argv)
-    root = project_root()
-    with exits_on_error(f"train {arch}"):
-        info = run(arch, Paths(root), load_params(root))
-    if "skipped" in info:
-        log.info("skipped %s: %s", arch, info["skipped"])
-        return
-    log.info("trained %s: %d epochs in %.1f s (run %s)", arch, info["epochs_run"], info["train_seconds"],
-             info["run_id"])
+    if done := run_arch_stage("train", "Train one architecture (params.yaml zoo entry).", run, argv):
+        arch, info = done
+        log.info("trained %s: %d epochs in %.1f s (run %s)", arch, info["epochs_run"],
+                 info["train_seconds"], info["run_id"])
 
 
 if __name__ == "__main__":
