@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 FORMAT = "%(message)s"
 _HANDLER_NAME = "medscan-cli"
+# The package's loggers, and `__main__`: a module run as `python -m pipelines.X` logs under that name.
+LOGGERS: tuple[str, ...] = ("pipelines", "__main__")
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -41,19 +43,21 @@ def setup_logging(level: int = logging.INFO, stream: str = "stdout") -> None:
 
     Stages log to stdout (nobody parses a stage's stdout); a tool whose stdout is data (intake's
     JSON summary, serve's predictions) passes stream="stderr". The handler hangs on the
-    `pipelines` logger, not the root, so other libraries' loggers and a test's log capture are
-    left alone.
+    project's loggers (LOGGERS), not the root, so other libraries' loggers and a test's log
+    capture are left alone.
     """
-    logger = logging.getLogger("pipelines")
-    logger.setLevel(level)
-    for handler in logger.handlers:
-        if handler.get_name() == _HANDLER_NAME:
-            handler.stream_name = stream  # type: ignore[attr-defined]
-            return
-    handler = _ConsoleHandler(stream)
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    logger.addHandler(handler)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        for handler in logger.handlers:
+            if handler.get_name() == _HANDLER_NAME:
+                handler.stream_name = stream  # type: ignore[attr-defined]
+                break
+        else:
+            handler = _ConsoleHandler(stream)
+            handler.set_name(_HANDLER_NAME)
+            handler.setFormatter(logging.Formatter(FORMAT))
+            logger.addHandler(handler)
 
 
 def run_arch_stage(name: str, description: str, run: Callable[[str, Paths, Mapping[str, Any]], T],

@@ -27,6 +27,7 @@ from pipelines.contract import from_train_info
 from pipelines.contract import save as save_contract
 from pipelines.data import make_dataset, steps_per_epoch
 from pipelines.datasets import get_adapter
+from pipelines.errors import ConfigError
 from pipelines.features import encode_metadata, metadata_layout
 from pipelines.fingerprint import training_fingerprint, write_fingerprint
 from pipelines.losses import class_weights, make_loss
@@ -68,6 +69,8 @@ def run(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     """Train `arch`, write models/<arch>/, log to MLflow; returns train_info (or the skipped marker).
     Reads params `train`, `augment`, `evaluate.tta`, `zoo.<arch>` and the data set's name."""
     train_params, dataset = params["train"], params["dataset"]["name"]
+    if arch not in (params.get("zoo") or {}):
+        raise ConfigError(f"no zoo entry {arch!r} in params.yaml; known: {sorted(params.get('zoo') or {})}")
     classes = read_labels(paths.labels)
     start = warm_start.resolve(arch, paths, params, classes)  # None: an ordinary zoo architecture
     if isinstance(start, warm_start.Skip):
