@@ -48,7 +48,7 @@ from pipelines.datasets.base import Candidate  # noqa: E402
 from pipelines.image_cache import ImageCache  # noqa: E402
 from pipelines.ingest import IngestSummary, ingest  # noqa: E402
 from pipelines.intake import intake  # noqa: E402
-from tests.conftest import SHARED_DATA  # noqa: E402
+from pipelines.project_copy import SHARED_DATA  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 DATASET = "ham10000"

@@ -41,7 +41,7 @@ import numpy as np
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-from tests.conftest import SHARED_DATA  # noqa: E402
+from pipelines.project_copy import SHARED_DATA  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 SCRATCH, WARM = "cnn_medium", "warm_start"
