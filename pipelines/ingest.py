@@ -236,7 +236,7 @@ def split_outcomes(
         else:
             decoded.append((cand, outcome))
     kept, duplicates = resolve_duplicates(decoded, key=lambda a: a[1].sha256, label=lambda a: a[0].label)
-    quarantine.extend(_duplicate_entry(rej) for rej in duplicates)
+    quarantine.extend(_duplicate_candidate_entry(rej) for rej in duplicates)
     return kept, quarantine
 
 
@@ -253,7 +253,8 @@ def extra_frames(accepted: Sequence[Accepted]) -> list[IgnoredEntry]:
     ]
 
 
-def _duplicate_entry(rej: Rejected[Accepted]) -> QuarantineEntry:
+def _duplicate_candidate_entry(rej: Rejected[Accepted]) -> QuarantineEntry:
+    """A source image whose bytes another one carries: the copy (kept one named) or a label conflict."""
     cand, info = rej.item
     if rej.reason == SourceReason.DUPLICATE:
         detail = f"same bytes as {rej.related[0][0].source_path} (kept)"

@@ -382,7 +382,7 @@ def _accept(
 ) -> tuple[list[dict[str, str]], list[QuarantineEntry]]:
     """Copy the new, unique images into data/intake/images; everything else is quarantined."""
     kept, duplicates = resolve_duplicates(checked, key=lambda c: c.info.sha256, label=lambda c: c.label)
-    quarantine = [_duplicate_entry(rej) for rej in duplicates]
+    quarantine = [_duplicate_row_entry(rej) for rej in duplicates]
     cases: list[dict[str, str]] = []
     for item in kept:
         before = known.get(item.info.sha256)
@@ -398,7 +398,8 @@ def _accept(
     return cases, quarantine
 
 
-def _duplicate_entry(rej: Rejected[_Checked]) -> QuarantineEntry:
+def _duplicate_row_entry(rej: Rejected[_Checked]) -> QuarantineEntry:
+    """A drop row whose bytes another row of the same drop carries: named by its labels.csv line."""
     item = rej.item
     others = ", ".join(f"{o.file.origin} [{o.label}]" for o in rej.related)
     detail = f"line {item.row.line}: same bytes as {others}" + (

@@ -47,6 +47,9 @@ def model_inputs_info(dataset: str, use_metadata: bool) -> dict[str, Any]:
 
 
 def split_inputs(frame: pd.DataFrame, info: Mapping[str, Any]) -> np.ndarray | None:
+    """The training rows' metadata matrix (None for an image-only model). Not inference.metadata_for:
+    that one checks rows against a finished model's contract, which does not exist yet here, and
+    ingest has already bounded these rows."""
     if not info["metadata_columns"]:
         return None
     return encode_metadata(frame, info["metadata_columns"], info["categorical_values"])
