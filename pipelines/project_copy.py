@@ -59,3 +59,8 @@ def set_params(root: Path, overrides: dict) -> None:
 def venv_env(root: Path) -> dict[str, str]:
     """Environment for subprocesses: this interpreter's bin first (dvc.yaml calls `python -m`)."""
     env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MEDSCAN_ROOT"] = str(root)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow writes these in-process
+        env.pop(name, None)
+    return env
