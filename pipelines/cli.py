@@ -26,52 +26,27 @@ LOGGERS: tuple[str, ...] = ("pipelines", "__main__")
 
 
 class _ConsoleHandler(logging.StreamHandler):
-    """Writes to whatever sys.stdout / sys.stderr is at emit time (a test's capture included)."""
-
-    def __init__(self, stream_name: str) -> None:
-        super().__init__()
-        self.stream_name = stream_name
+    """Writes to whatever sys.stdout is at emit time (a test's capture included)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = getattr(sys, self.stream_name)
+        self.stream = sys.stdout
         super().emit(record)
 
 
-def setup_logging(level: int = logging.INFO, stream: str = "stdout") -> None:
-    """Log the project's INFO lines as bare messages, once per process: the lines the README and
-    tests quote stay exactly as they were printed, and DVC shows them under the stage's name.
-
-    Stages log to stdout (nobody parses a stage's stdout); a tool whose stdout is data (intake's
-    JSON summary, serve's predictions) passes stream="stderr". The handler hangs on the
-    project's loggers (LOGGERS), not the root, so other libraries' loggers and a test's log
-    capture are left alone.
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log the project's INFO lines to stdout as bare messages, once per process: the lines the
+    README and tests quote read as they did when they were printed, and DVC shows them under the
+    stage's name. The handler hangs on the project's loggers (LOGGERS), not the root, so other
+    libraries' loggers and a test's log capture are left alone.
     """
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(level)
-        for handler in logger.handlers:
-            if handler.get_name() == _HANDLER_NAME:
-                handler.stream_name = stream  # type: ignore[attr-defined]
-                break
-        else:
-            handler = _ConsoleHandler(stream)
+        if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
+            handler = _ConsoleHandler()
             handler.set_name(_HANDLER_NAME)
             handler.setFormatter(logging.Formatter(FORMAT))
             logger.addHandler(handler)
-
-
-def run_arch_stage(name: str, description: str, run: Callable[[str, Paths, Mapping[str, Any]], T],
-                   argv: list[str] | None = None) -> tuple[str, T] | None:
-    """run_stage for a per-architecture stage (train, evaluate: `--arch NAME`, a dvc.yaml foreach
-    item). A candidate that did not run (its result holds `skipped`) is logged here and gives None."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--arch", required=True)
-    arch = parser.parse_args(argv).arch
-    result = run_stage(f"{name} {arch}", lambda paths, params: run(arch, paths, params))
-    if isinstance(result, Mapping) and "skipped" in result:
-        logging.getLogger(f"pipelines.{name}").info("%s %s: skipped (%s)", name, arch, result["skipped"])
-        return None
-    return arch, result
 
 
 @contextmanager
@@ -91,3 +66,17 @@ def run_stage(name: str, run: Callable[[Paths, Mapping[str, Any]], T]) -> T:
     root = project_root()
     with exits_on_error(name):
         return run(Paths(root), load_params(root))
+
+
+def run_arch_stage(name: str, description: str, run: Callable[[str, Paths, Mapping[str, Any]], T],
+                   argv: list[str] | None = None) -> tuple[str, T] | None:
+    """run_stage for a per-architecture stage (train, evaluate: `--arch NAME`, a dvc.yaml foreach
+    item). A candidate that did not run (its result holds `skipped`) is logged here and gives None."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--arch", required=True)
+    arch = parser.parse_args(argv).arch
+    result = run_stage(f"{name} {arch}", lambda paths, params: run(arch, paths, params))
+    if isinstance(result, Mapping) and "skipped" in result:
+        logging.getLogger(f"pipelines.{name}").info("%s %s: skipped (%s)", name, arch, result["skipped"])
+        return None
+    return arch, result
