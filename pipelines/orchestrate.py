@@ -272,16 +272,17 @@ def first_run_reason(root: Path, stage_names: Sequence[str]) -> str | None:
     No dvc.lock, a stage missing from it (a new architecture), no promotion outcome, or no
     champion yet: the first run trains whatever triggered it.
     """
-    lock = Paths(Path(root)).dvc_lock
+    paths = Paths(Path(root))
+    lock = paths.dvc_lock
     if not lock.is_file():
-        return "no dvc.lock yet: the pipeline has never run in this checkout"
+        return f"no {lock.name} yet: the pipeline has never run in this checkout"
     locked = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
     missing = [s for s in stage_names if s not in locked]
     if missing:
         return f"stage(s) never run here: {', '.join(missing)}"
-    promotion = Paths(Path(root)).promotion
+    promotion = paths.promotion
     if not promotion.is_file():
-        return "no promotion outcome yet (reports/promotion.json)"
+        return f"no promotion outcome yet ({promotion.relative_to(paths.root)})"
     if json.loads(promotion.read_text(encoding="utf-8")).get("champion_after") is None:
         return "no champion yet"
     return None
