@@ -33,9 +33,10 @@ from pipelines.fingerprint import training_fingerprint, write_fingerprint
 from pipelines.losses import class_weights, make_loss
 from pipelines.manifest import read_labels, read_splits
 from pipelines.schedules import learning_rate
-from pipelines.zoo import build_model, input_size
+from pipelines.zoo import build_model, split_image_size
 
 log = logging.getLogger(__name__)
+
 
 def model_inputs_info(dataset: str, use_metadata: bool) -> dict[str, Any]:
     """How metadata is encoded for this data set (saved with the model so serving matches)."""
@@ -79,7 +80,7 @@ def run(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(start, warm_start.Skip):
         return warm_start.write_skipped(paths, arch, start.reason)
     if start is None:
-        spec, size = input_size(params["zoo"][arch], int(train_params["image_size"]))
+        spec, size = split_image_size(params["zoo"][arch], int(train_params["image_size"]))
         info = model_inputs_info(dataset, bool(train_params["use_metadata"]))
     else:
         train_params, spec, size, info = start.train_params, start.spec, start.image_size, start.inputs_info
