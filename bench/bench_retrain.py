@@ -45,7 +45,7 @@ import numpy as np
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-from tests.conftest import SHARED_DATA  # noqa: E402
+from pipelines.project_copy import SHARED_DATA  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 SCRATCH, WARM = "cnn_medium", "warm_start"
@@ -128,7 +128,7 @@ def ingest_and_split(source: Path, paths, params: dict) -> tuple[dict[str, Any],
 def train_and_score(arch: str, paths, params: dict, frames: dict) -> dict[str, Any]:
     """The train stage's function, then the validation score of what it saved (both timed)."""
     from pipelines.inference import load_bundle
-    from pipelines.train import train
+    from pipelines.train import run as train
 
     started = time.perf_counter()
     info = train(arch, paths, params)

@@ -16,11 +16,11 @@ from mlflow import MlflowClient
 
 from pipelines import registry, warm_start
 from pipelines.config import Paths, load_params
-from pipelines.evaluate import evaluate
+from pipelines.evaluate import run as evaluate
 from pipelines.ingest import ingest
 from pipelines.manifest import read_manifest, write_labels, write_manifest
 from pipelines.synth import make_ham10000
-from pipelines.train import train
+from pipelines.train import run as train
 from pipelines.zoo import load_model
 from tests.conftest import PROJECT
 
