@@ -152,7 +152,7 @@ def champion(paths, params: dict, frames: dict, attempts: int) -> dict[str, Any]
 
     from pipelines import registry
 
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluate import run as evaluate
 
     floor, tries = float(params["promote"]["floor"]), []
     for k in range(attempts):
