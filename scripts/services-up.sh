@@ -180,7 +180,8 @@ PY
 
 start_mlflow() {
     # Artifacts are proxied (mlflow-artifacts:/): only this server holds the S3 credentials it uses.
-    spawn mlflow mlflow server --backend-store-uri "$MEDSCAN_MLFLOW_BACKEND" \
+    # MLflow 3 also starts job runners (GenAI scorers: seven processes): not used here.
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false spawn mlflow mlflow server --backend-store-uri "$MEDSCAN_MLFLOW_BACKEND" \
         --artifacts-destination "$MEDSCAN_MLFLOW_ARTIFACTS" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
     wait_for 180 http_ok "http://127.0.0.1:$MLFLOW_PORT/health" \
         || { tail -30 "$LOGS/mlflow.log" >&2; echo "mlflow server did not start" >&2; exit 1; }
