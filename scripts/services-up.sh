@@ -180,15 +180,19 @@ PY
 
 start_mlflow() {
     # Artifacts are proxied (mlflow-artifacts:/): only this server holds the S3 credentials it uses.
-    # MLflow 3 also starts job runners (GenAI scorers: seven processes): not used here.
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false spawn mlflow mlflow server --backend-store-uri "$MEDSCAN_MLFLOW_BACKEND" \
+    # MLflow 3 also starts job runners (GenAI scorers: seven processes): not used here. MLflow's
+    # engine has no pool_pre_ping, so a restarted PostgreSQL leaves its pooled connections dead
+    # (500s until each is tried): NullPool opens one per request instead (local: a few ms).
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_SQLALCHEMYSTORE_POOLCLASS=NullPool \
+        spawn mlflow mlflow server --backend-store-uri "$MEDSCAN_MLFLOW_BACKEND" \
         --artifacts-destination "$MEDSCAN_MLFLOW_ARTIFACTS" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
     wait_for 180 http_ok "http://127.0.0.1:$MLFLOW_PORT/health" \
         || { tail -30 "$LOGS/mlflow.log" >&2; echo "mlflow server did not start" >&2; exit 1; }
 }
 
-airflow_component() {  # name, then the airflow arguments
+airflow_component() {  # name, then the airflow arguments; a component still running is kept
     local name="$1"; shift
+    live_pid "airflow-$name" >/dev/null && return 0
     spawn "airflow-$name" airflow "$@"
 }
 
@@ -233,7 +237,12 @@ start() {
         *) echo "unknown service $name (one of: ${ALL_SERVICES[*]})" >&2; exit 2 ;;
     esac
     if [[ "$name" == airflow ]]; then
-        if live_pid airflow-scheduler >/dev/null; then echo "  airflow already running"; return 0; fi
+        # Components that exited (the scheduler does when PostgreSQL goes away) are started again.
+        local component missing=0
+        for component in "${AIRFLOW_COMPONENTS[@]}"; do
+            live_pid "airflow-$component" >/dev/null || missing=1
+        done
+        if (( ! missing )); then echo "  airflow already running"; return 0; fi
     elif live_pid "$name" >/dev/null; then
         echo "  $name already running (pid $(live_pid "$name"))"; return 0
     fi
