@@ -201,9 +201,14 @@ start_airflow() {
     [[ -s "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" ]] || ( umask 077;
         printf '{"%s": "%s"}\n' "$MEDSCAN_AIRFLOW_USER" "$MEDSCAN_AIRFLOW_PASSWORD" \
             > "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" )
-    local started; started="$(date +%s.%N)"
-    airflow db migrate > "$LOGS/airflow-db-migrate.log" 2>&1 || { tail -30 "$LOGS/airflow-db-migrate.log" >&2; exit 1; }
-    note_time airflow-db-migrate "$(elapsed "$started")"
+    local started component running=0; started="$(date +%s.%N)"
+    for component in "${AIRFLOW_COMPONENTS[@]}"; do
+        live_pid "airflow-$component" >/dev/null && running=1
+    done
+    if (( ! running )); then   # a restart of components that exited needs no migration
+        airflow db migrate > "$LOGS/airflow-db-migrate.log" 2>&1 || { tail -30 "$LOGS/airflow-db-migrate.log" >&2; exit 1; }
+        note_time airflow-db-migrate "$(elapsed "$started")"
+    fi
     # Tasks run `dvc` and `python -m pipelines...`: the venv first on their PATH. The log servers of
     # the scheduler, triggerer and worker bind every interface: skipped (logs are local files here).
     airflow_component api-server api-server --host 127.0.0.1 --port "$AIRFLOW_PORT" --workers 1
