@@ -55,28 +55,40 @@ install_missing() {
     note_time install "$(elapsed "$started")"
 }
 
-# ------------------------------------------------------------------ settings (one file, made once)
+# ------------------------------------------------------------------ settings
 
 secret() { python3 -c "import secrets; print(secrets.token_hex(16))"; }
 
+# Secrets are made once (secrets.env) and kept with the data they protect; services.env, what
+# clients read, is written again on every start from them and the settings above.
 write_env() {
-    [[ -s "$ENV_FILE" ]] && return 0
-    local pg_pw mlflow_pw redis_pw s3_key s3_secret
-    pg_pw="$(secret)"; mlflow_pw="$(secret)"; redis_pw="$(secret)"
-    s3_key="medscan$(secret | cut -c1-12)"; s3_secret="$(secret)$(secret)"
-    local fernet; fernet="$("$VENV_BIN/python" -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
-    local pg="127.0.0.1:$PG_PORT"
-    umask 077
-    cat > "$ENV_FILE" <<ENV
-# Written once by scripts/services-up.sh: the settings every client of these services uses.
-# Secrets: keep this file private (it is under a git-ignored folder, mode 600).
-MEDSCAN_PG_PASSWORD_AIRFLOW=$pg_pw
-MEDSCAN_PG_PASSWORD_MLFLOW=$mlflow_pw
-MEDSCAN_REDIS_PASSWORD=$redis_pw
-MEDSCAN_MLFLOW_BACKEND=postgresql+psycopg2://mlflow:$mlflow_pw@$pg/mlflow
+    local secrets="$STATE/secrets.env"
+    if [[ ! -s "$secrets" ]]; then
+        local fernet; fernet="$("$VENV_BIN/python" -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+        ( umask 077; cat > "$secrets" <<ENV
+MEDSCAN_PG_PASSWORD_AIRFLOW=$(secret)
+MEDSCAN_PG_PASSWORD_MLFLOW=$(secret)
+MEDSCAN_REDIS_PASSWORD=$(secret)
+AWS_ACCESS_KEY_ID=medscan$(secret | cut -c1-12)
+AWS_SECRET_ACCESS_KEY=$(secret)$(secret)
+AIRFLOW__API_AUTH__JWT_SECRET=$(secret)
+AIRFLOW__API__SECRET_KEY=$(secret)
+AIRFLOW__CORE__FERNET_KEY=$fernet
+MEDSCAN_AIRFLOW_PASSWORD=$(secret)
+ENV
+        )
+    fi
+    # shellcheck disable=SC1090
+    local MEDSCAN_PG_PASSWORD_AIRFLOW MEDSCAN_PG_PASSWORD_MLFLOW MEDSCAN_REDIS_PASSWORD; source "$secrets"
+    local pg="127.0.0.1:$PG_PORT" pg_pw="$MEDSCAN_PG_PASSWORD_AIRFLOW"
+    ( umask 077; { cat <<ENV
+# Written by scripts/services-up.sh on every start: the settings every client of these services
+# uses. Secrets (from secrets.env): keep this file private (git-ignored folder, mode 600).
+ENV
+    cat "$secrets"
+    cat <<ENV
+MEDSCAN_MLFLOW_BACKEND=postgresql+psycopg2://mlflow:$MEDSCAN_PG_PASSWORD_MLFLOW@$pg/mlflow
 MEDSCAN_MLFLOW_ARTIFACTS=s3://medscan-mlflow/artifacts
-AWS_ACCESS_KEY_ID=$s3_key
-AWS_SECRET_ACCESS_KEY=$s3_secret
 AWS_DEFAULT_REGION=us-east-1
 MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 MEDSCAN_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
@@ -88,25 +100,21 @@ MEDSCAN_QUEUE=$QUEUE
 AIRFLOW_HOME=$STATE/airflow
 AIRFLOW__CORE__EXECUTOR=CeleryExecutor
 AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://airflow:$pg_pw@$pg/airflow
-AIRFLOW__CELERY__BROKER_URL=redis://:$redis_pw@127.0.0.1:$REDIS_PORT/0
+AIRFLOW__CELERY__BROKER_URL=redis://:$MEDSCAN_REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/0
 AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql://airflow:$pg_pw@$pg/airflow
 AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$AIRFLOW_PORT/execution/
 AIRFLOW__API__BASE_URL=http://127.0.0.1:$AIRFLOW_PORT
 AIRFLOW__API__HOST=127.0.0.1
 AIRFLOW__API__PORT=$AIRFLOW_PORT
 AIRFLOW__API__WORKERS=1
-AIRFLOW__API_AUTH__JWT_SECRET=$(secret)
-AIRFLOW__API__SECRET_KEY=$(secret)
-AIRFLOW__CORE__FERNET_KEY=$fernet
 AIRFLOW__CORE__DAGS_FOLDER=$CHECKOUT/dags
 AIRFLOW__CORE__LOAD_EXAMPLES=False
 AIRFLOW__CORE__PARALLELISM=4
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=medscan:admin
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$STATE/airflow/passwords.json
 MEDSCAN_AIRFLOW_USER=medscan
-MEDSCAN_AIRFLOW_PASSWORD=$(secret)
 ENV
-    umask 022
+    } > "$ENV_FILE.tmp" && mv "$ENV_FILE.tmp" "$ENV_FILE" )
 }
 
 load_env() { set -a; # shellcheck disable=SC1090
@@ -123,6 +131,9 @@ start_postgres() {
     if [[ "$(id -u)" == 0 ]]; then
         as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
         chown postgres: "$STATE/postgres" "$run"
+        "${as[@]}" test -w "$STATE/postgres" || { echo "PostgreSQL runs as user postgres, which cannot reach" \
+            "$STATE/postgres (a parent folder is closed to it): set MEDSCAN_SERVICES_DIR to a folder it" \
+            "can reach, e.g. /var/tmp/medscan-services" >&2; exit 1; }
     fi
     if [[ ! -s "$data/PG_VERSION" ]]; then
         "${as[@]}" "$bin/initdb" -D "$data" -U medscan --auth-local=trust --auth-host=scram-sha-256 \

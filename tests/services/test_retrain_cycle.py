@@ -13,6 +13,7 @@ helps and no half-written registry state. Run by `make test-services` (not by `m
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,7 +33,9 @@ DAG_ID = "medscan_retrain_ham10000"
 SECOND_DAG_ID = "medscan_retrain_malaria"
 PREFIX = "s3://medscan-intake/ham10000/"
 RUN_TIMEOUT_S = 600
-STATE = PROJECT / ".services" / "test"   # under the repo (git-ignored): the postgres user reaches it
+# Under the repo (git-ignored) unless MEDSCAN_SERVICES_TEST_DIR says otherwise: PostgreSQL runs as
+# the `postgres` user when the test runs as root, and must reach it (a clone under /root cannot).
+STATE = Path(os.environ.get("MEDSCAN_SERVICES_TEST_DIR") or PROJECT / ".services" / "test")
 # Settings a test needs to see an outage quickly; production keeps MLflow's defaults (7 retries).
 FAST_MLFLOW_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
