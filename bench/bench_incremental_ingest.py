@@ -47,8 +47,8 @@ from pipelines.datasets import get_adapter  # noqa: E402
 from pipelines.datasets.base import Candidate  # noqa: E402
 from pipelines.image_cache import ImageCache  # noqa: E402
 from pipelines.ingest import IngestSummary, ingest  # noqa: E402
-from pipelines.intake import intake, intake_dir_for  # noqa: E402
-from tests.conftest import SHARED_DATA  # noqa: E402
+from pipelines.intake import intake  # noqa: E402
+from pipelines.project_copy import SHARED_DATA  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 DATASET = "ham10000"
@@ -96,7 +96,7 @@ def timed_ingest(
     """(wall s, CPU s, summary) of one ingest after deleting its outputs."""
     clear_outputs(paths)
     started, cpu = time.perf_counter(), cpu_seconds()
-    summary = ingest(DATASET, source, paths, params, intake_dir_for(paths), bounds)
+    summary = ingest(DATASET, source, paths, params, paths.intake, bounds)
     return time.perf_counter() - started, cpu_seconds() - cpu, summary
 
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         drop = Path(tmp) / "drop"
         delivered = make_delivery(drop, get_adapter(DATASET).scan(source).candidates, args.fraction)
         started = time.perf_counter()
-        taken = intake(drop, intake_dir_for(paths), DATASET, paths.manifest, bounds=bounds)
+        taken = intake(drop, paths.intake, DATASET, paths.manifest, bounds=bounds)
         intake_s = time.perf_counter() - started
         aside = paths.ingest_cache.with_name("ingest-warm")
         runs: list[dict[str, Any]] = []

@@ -30,7 +30,7 @@ sys.path.insert(0, str(PROJECT))
 from pipelines.bounds import CaseBounds  # noqa: E402
 from pipelines.config import Paths, load_params  # noqa: E402
 from pipelines.ingest import ingest  # noqa: E402
-from tests.conftest import SHARED_DATA  # noqa: E402
+from pipelines.project_copy import SHARED_DATA  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 DATASETS = ("ham10000", "malaria", "dermnet")  # adapter name == folder name in shared/data

@@ -31,7 +31,7 @@ sys.path.insert(0, str(PROJECT))
 from pipelines.config import load_params  # noqa: E402
 from pipelines.datasets import get_adapter  # noqa: E402
 from pipelines.split import assign_splits, split_report  # noqa: E402
-from tests.conftest import SHARED_DATA  # noqa: E402
+from pipelines.project_copy import SHARED_DATA  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 DELIVERY = 0.01

@@ -46,7 +46,7 @@ def train_champion(root: Path, size: int) -> str:
     from mlflow import MlflowClient
 
     from pipelines import registry, tracking
-    from pipelines.config import Paths, load_params
+    from pipelines.config import ARTIFACT_DIR, TRAIN_INFO_FILE, Paths, load_params
     from pipelines.datasets import get_adapter
     from pipelines.contract import from_train_info
     from pipelines.pyfunc import log_pyfunc
@@ -66,9 +66,9 @@ def train_champion(root: Path, size: int) -> str:
     model.fit(x, np.eye(len(classes))[rng.integers(0, len(classes), 64)], epochs=1, verbose=0)
     experiment = tracking.configure(Paths(root), "ham10000")
     with mlflow.start_run(experiment_id=experiment) as run:
-        info_path = root / "train_info.json"
+        info_path = root / TRAIN_INFO_FILE
         info_path.write_text(json.dumps({**info, "run_id": run.info.run_id}))
-        mlflow.log_artifact(str(info_path), artifact_path="medscan")
+        mlflow.log_artifact(str(info_path), artifact_path=ARTIFACT_DIR)
         # as train + evaluate do: the contract from train_info, calibrated (T=1, the params' target),
         # logged inside the pyfunc that promote registers
         contract = from_train_info(info, params).calibrated(

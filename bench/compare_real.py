@@ -20,7 +20,8 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-from tests.conftest import SHARED_DATA, copy_project, set_params, venv_env  # noqa: E402
+from pipelines.config import COMPARE_MD, Paths  # noqa: E402
+from pipelines.project_copy import SHARED_DATA, copy_project, set_params, venv_env  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 
@@ -52,8 +53,8 @@ def run(dataset: str, image_size: int, epochs: int, archs: list[str], workdir: P
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"dvc repro failed for {dataset}: see {log}")
-    shutil.copy(root / "reports" / "compare" / "compare.md", RESULTS / f"compare_{tag}.md")
-    promotion = json.loads((root / "reports" / "promotion.json").read_text())
+    shutil.copy(Paths(root).compare_dir / COMPARE_MD, RESULTS / f"compare_{tag}.md")
+    promotion = json.loads(Paths(root).promotion.read_text())
     split = json.loads((root / "reports" / "split_report.json").read_text())
     summary = {"dataset": dataset, "image_size": image_size, "max_epochs": epochs, "archs": archs,
                "overrides": overrides,

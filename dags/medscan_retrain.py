@@ -40,6 +40,8 @@ if str(ROOT) not in sys.path:
 
 from pipelines import orchestrate  # noqa: E402
 from pipelines import redact as redaction  # noqa: E402
+from pipelines.cases import LABELS_FILE  # noqa: E402
+from pipelines.config import Paths  # noqa: E402
 from pipelines.dag_spec import PipelineSpec, read_spec, split_name, task_id  # noqa: E402
 
 log = logging.getLogger("medscan.airflow")
@@ -107,7 +109,7 @@ def drop_asset(settings: orchestrate.Settings) -> Asset:
 def promotion_asset(settings: orchestrate.Settings) -> Asset:
     """'A retrain finished with a promotion verdict': for downstream DAGs (e.g. serving reload)."""
     return Asset(name=f"medscan_promotion_{settings.dataset}",
-                 uri=(settings.root / "reports" / "promotion.json").as_uri(), group="medscan")
+                 uri=Paths(settings.root).promotion.as_uri(), group="medscan")
 
 
 def weekly(settings: orchestrate.Settings) -> CronTriggerTimetable:
@@ -290,7 +292,7 @@ class DropSensor(FileSensor):
 def build_watch_dag(settings: orchestrate.Settings) -> DAG:
     """Every few minutes: wait (deferred, in the triggerer) for <drop>/labels.csv, then set the asset."""
     asset = drop_asset(settings)
-    labels = settings.drop_folder / orchestrate.LABELS_FILE
+    labels = settings.drop_folder / LABELS_FILE
 
     @dag(
         dag_id=f"medscan_drop_watch_{settings.dataset}",

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import logging
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from importlib import metadata
@@ -29,14 +29,19 @@ from typing import Any
 import mlflow
 
 from pipelines import tracking
-from pipelines.config import DERIVED, ENSEMBLE, Paths, load_params, project_root
+from pipelines.candidate import save_candidate
+from pipelines.cli import run_stage
+from pipelines.config import ARTIFACT_DIR, DERIVED, ENSEMBLE, Paths
 from pipelines.ensemble import SHARED_KEYS, build_ensemble, differences, union_fingerprint
+from pipelines.errors import ConfigError
 from pipelines.fingerprint import read_fingerprint, write_fingerprint
 from pipelines.inference import load_bundle
 from pipelines.manifest import read_splits
 from pipelines.metrics import LOWER_IS_BETTER
 
 SELECTION_SPLIT = "val"
+
+log = logging.getLogger(__name__)
 
 
 def pip_requirements() -> list[str]:
@@ -89,17 +94,17 @@ def execution_parent(experiment: str, best: Mapping[str, Any], dataset: str, pat
 
 def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     """Build and record the ensemble candidate; returns its train_info or the skipped marker."""
-    ep = params.get("ensemble") or {}
+    ensemble_params = params.get("ensemble") or {}
     metric, dataset = params["promote"]["metric"], params["dataset"]["name"]
     out = paths.model_dir(ENSEMBLE)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    if not ep.get("enabled", True):
+    if not ensemble_params.get("enabled", True):
         return write_skipped(paths, "ensemble.enabled is false")
-    wanted = int(ep.get("members", 2))
+    wanted = int(ensemble_params.get("members", 2))
     if wanted < 2:
-        raise ValueError(f"ensemble.members must be at least 2, got {wanted}")
+        raise ConfigError(f"ensemble.members must be at least 2, got {wanted}")
     archs = [a for a in params.get("architectures") or [] if a not in DERIVED]
     docs = {a: json.loads(f.read_text(encoding="utf-8")) if (f := paths.eval_report(a)).exists() else None
             for a in archs}
@@ -153,28 +158,23 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
                           "values": {a: values[a] for a in chosen}, "excluded": excluded},
             "assemble_seconds": round(time.perf_counter() - started, 2),
         }
-        model.save(out / "model.keras")
-        (out / "history.json").write_text("{}\n", encoding="utf-8")  # nothing was trained here
-        (out / "train_info.json").write_text(json.dumps(train_info, indent=2) + "\n", encoding="utf-8")
-        mlflow.log_artifact(str(out / "train_info.json"), artifact_path="medscan")
-        mlflow.log_artifact(str(out / "history.json"), artifact_path="medscan")
+        save_candidate(paths, ENSEMBLE, model, {}, train_info)  # empty history: nothing was trained here
         # The gate must exclude every image ANY member trained or early-stopped on.
         union = union_fingerprint([read_fingerprint(paths.train_fingerprint(a)) for a in chosen])
         mlflow.log_artifact(str(write_fingerprint(paths.train_fingerprint(ENSEMBLE), union)),
-                            artifact_path="medscan")
+                            artifact_path=ARTIFACT_DIR)
         mlflow.tensorflow.log_model(model, name="model", pip_requirements=pip_requirements())
     return train_info
 
 
 def main() -> None:
-    root = project_root()
-    result = run(Paths(root), load_params(root))
+    result = run_stage("ensemble", run)
     if "skipped" in result:
-        print(f"ensemble: skipped ({result['skipped']})", file=sys.stderr)
+        log.info("ensemble: skipped (%s)", result["skipped"])
         return
     picks = ", ".join(f"{a} {v:.3f}" for a, v in result["selection"]["values"].items())
-    print(f"ensemble: mean of {picks} (validation {result['selection']['metric']}, slightly optimistic "
-          f"for the ensemble; the gate decides on test); run {result['run_id']}", file=sys.stderr)
+    log.info("ensemble: mean of %s (validation %s, slightly optimistic for the ensemble; the gate decides "
+             "on test); run %s", picks, result["selection"]["metric"], result["run_id"])
 
 
 if __name__ == "__main__":

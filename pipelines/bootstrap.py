@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.metrics import json_safe
+from pipelines.jsonsafe import json_safe
 
 CONFIDENCE = 0.95
 PER_CLASS_STATS: tuple[str, ...] = ("sensitivity", "specificity", "precision", "f1")

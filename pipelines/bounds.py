@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from pipelines.datasets.base import Candidate
+from pipelines.errors import ConfigError
 from pipelines.features import UNKNOWN
 from pipelines.images import ImageLimits
 from pipelines.manifest import QuarantineEntry
@@ -58,7 +59,7 @@ class CaseBounds:
         section = dict(params.get("bounds") or {})
         unknown = set(section) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"params.yaml bounds: unknown key(s) {sorted(unknown)}")
+            raise ConfigError(f"params.yaml bounds: unknown key(s) {sorted(unknown)}")
         if "age_range" in section:
             low, high = section["age_range"]
             section["age_range"] = (float(low), float(high))
@@ -67,7 +68,7 @@ class CaseBounds:
                 section[key] = int(section[key])
         bounds = cls(**section)
         if bounds.age_range[0] > bounds.age_range[1] or bounds.min_side > bounds.max_side:
-            raise ValueError(f"params.yaml bounds: empty range in {bounds}")
+            raise ConfigError(f"params.yaml bounds: empty range in {bounds}")
         return bounds
 
     def image_limits(self, store_max_side: int = ImageLimits.store_max_side) -> ImageLimits:

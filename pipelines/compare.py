@@ -13,6 +13,7 @@ start with no champion yet) is listed as skipped and takes no part in the rankin
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shutil
@@ -21,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import config
-from pipelines.metrics import LOWER_IS_BETTER, json_safe
+from pipelines.cli import run_stage
+from pipelines.config import (COMPARE_HTML, COMPARE_JSON, COMPARE_MD, PLOT_NAMES, Paths, candidates, plot_file,
+                              project_root)
+from pipelines.errors import ConfigError, DataError
+from pipelines.jsonsafe import json_safe
+from pipelines.metrics import LOWER_IS_BETTER
 from pipelines.report import Block, Images, Table, render_html, render_md
 from pipelines.report import slug as _slug
 
-REPORT_DIRNAME = "compare"
-MD_NAME, HTML_NAME, JSON_NAME = "compare.md", "compare.html", "compare.json"
 IMG_DIRNAME = "img"
 BASELINE = "majority_baseline"
 RANK_SPLIT = "val"  # the split that chooses; the test split only reports
@@ -54,13 +57,15 @@ PROFILE_KEYS: tuple[str, ...] = (
     "params", "flops", "size_mb", "latency_ms_p50", "latency_ms_p95", "throughput_ips",
 )
 TRAINING_KEYS: tuple[str, ...] = ("train_seconds", "epochs_run", "best_epoch", "image_size", "run_id")
-PLOTS: tuple[tuple[str, str], ...] = (
-    ("learning_curves.png", "Learning curves"),
-    ("confusion_matrix.png", "Confusion matrix"),
-    ("roc.png", "ROC curves"),
-    ("reliability.png", "Reliability"),
-    ("gradcam.png", "Grad-CAM"),
-)
+PLOT_TITLES: dict[str, str] = {
+    "learning_curves": "Learning curves",
+    "confusion_matrix": "Confusion matrix",
+    "roc": "ROC curves",
+    "reliability": "Reliability",
+    "gradcam": "Grad-CAM",
+}
+# (file name, title) in config.PLOT_NAMES order: what evaluate draws, under the names it draws them.
+PLOTS: tuple[tuple[str, str], ...] = tuple((plot_file(n), PLOT_TITLES[n]) for n in PLOT_NAMES)
 # Many-panel plots: shown at full page width in the HTML, where a grid cell made their text unreadable.
 WIDE_PLOTS: frozenset[str] = frozenset({"Learning curves", "ROC curves", "Grad-CAM"})
 # The `calibration` block evaluate writes (temperature scaling + abstention), as report columns.
@@ -82,6 +87,8 @@ SUBGROUP_FIELDS: tuple[tuple[str, str], ...] = (
     ("roc_auc_macro_ovr", "ROC-AUC"),
 )
 _TOP_K = re.compile(r"^top_(\d+)_accuracy$")
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- rows and ranking
@@ -364,7 +371,7 @@ def _subgroup_tables(subgroups: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
 # ----------------------------------------------------------------------------- report
 def _split_sizes_from(metrics_by_arch: Mapping[str, Mapping[str, Any]]) -> dict[str, int] | None:
     for doc in metrics_by_arch.values():
-        sizes = (doc.get("training") or {}).get("split_sizes") or doc.get("split_sizes")
+        sizes = (doc.get("training") or {}).get("split_sizes")
         if isinstance(sizes, Mapping) and sizes:
             return {str(k): int(v) for k, v in sizes.items() if v is not None}
     return None
@@ -401,15 +408,10 @@ class Report:
     result: dict[str, Any]
 
 
-def build_report(
-    metrics_by_arch: dict[str, dict],
-    plots_root: Path,
-    out_dir: Path,
-    rank_metric: str,
-    *,
-    split_sizes: Mapping[str, int] | None = None,
-) -> dict:
-    """Write compare.md/.html/.json into out_dir and return the compare.json content."""
+def build_report(metrics_by_arch: dict[str, dict], plots_root: Path, out_dir: Path, rank_metric: str, *,
+                 split_sizes: Mapping[str, int] | None = None) -> dict:
+    """compute_report + write_report (same arguments): compare.md/.html/.json written into out_dir;
+    returns the compare.json content."""
     report = compute_report(metrics_by_arch, plots_root, out_dir, rank_metric, split_sizes=split_sizes)
     write_report(report, out_dir)
     return report.result
@@ -419,10 +421,10 @@ def write_report(report: Report, out_dir: Path) -> None:
     """Render: compare.md (pipelines.report), compare.html (its Jinja2 template), compare.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MD_NAME).write_text(render_md(report.blocks), encoding="utf-8")
-    (out_dir / HTML_NAME).write_text(render_html(report.blocks, report.title), encoding="utf-8")
-    (out_dir / JSON_NAME).write_text(json.dumps(report.result, indent=2, allow_nan=False) + "\n",
-                                     encoding="utf-8")
+    (out_dir / COMPARE_MD).write_text(render_md(report.blocks), encoding="utf-8")
+    (out_dir / COMPARE_HTML).write_text(render_html(report.blocks, report.title), encoding="utf-8")
+    (out_dir / COMPARE_JSON).write_text(json.dumps(report.result, indent=2, allow_nan=False) + "\n",
+                                        encoding="utf-8")
 
 
 def compute_report(
@@ -439,7 +441,7 @@ def compute_report(
 
     metrics_by_arch: arch -> the evaluate stage's reports/evaluate/<arch>.json (order kept for display).
     plots_root: folder holding <arch>/<plot>.png. split_sizes: {"train", "val", "test"} counts for
-    the header; defaults to `training.split_sizes` (or top-level `split_sizes`) in the metrics JSON,
+    the header; defaults to `training.split_sizes` in the metrics JSON,
     else only the test n is known.
     `result` keys (compare.json): dataset, split_sizes, test_n, rank_metric, rank_split ("val"),
     report_split ("test"), higher_is_better, rows (one per arch: test metrics, `ci95`, `val`),
@@ -448,18 +450,18 @@ def compute_report(
     validation value), per_class, subgroups, plots, skipped (arch -> reason), warnings.
     """
     if not metrics_by_arch:
-        raise ValueError("no architectures to compare")
+        raise ConfigError("no architectures to compare")
     skipped = {a: str(d["skipped"]) for a, d in metrics_by_arch.items() if "skipped" in d}
     metrics_by_arch = {a: d for a, d in metrics_by_arch.items() if a not in skipped}
     if not metrics_by_arch:
-        raise ValueError(f"every candidate was skipped: {skipped}")
+        raise DataError(f"every candidate was skipped: {skipped}")
     archs = list(metrics_by_arch)
     known: set[str] = set()
     for doc in metrics_by_arch.values():
         for split in (RANK_SPLIT, "test"):
             known.update(k for k, v in (doc.get(split) or {}).items() if not isinstance(v, (dict, list)))
     if rank_metric not in known:
-        raise ValueError(f"rank metric {rank_metric!r} is not a metric; known: {sorted(known)}")
+        raise ConfigError(f"rank metric {rank_metric!r} is not a metric; known: {sorted(known)}")
     higher_is_better = rank_metric not in LOWER_IS_BETTER
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -601,27 +603,29 @@ def compute_report(
     return Report(title, blocks, result)
 
 
-def main() -> None:
-    """DVC entry point: compare the archs listed in params `architectures` and the ensemble."""
-    params = config.load_params()
-    paths = config.Paths(config.project_root())
-    archs = config.candidates(params)
+def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Compare the archs params `architectures` lists and the derived candidates; returns compare.json.
+    Reads params `architectures`, the derived candidates' sections and `promote.metric`."""
+    archs = candidates(params)
     if not params.get("architectures"):
-        raise ValueError("params.yaml lists no `architectures` to compare")
+        raise ConfigError("params.yaml lists no `architectures` to compare")
     metrics_by_arch: dict[str, dict] = {}
     for arch in archs:
         path = paths.eval_report(arch)
         if not path.exists():
             raise FileNotFoundError(f"{path} missing: run `dvc repro evaluate@{arch}` first")
         metrics_by_arch[arch] = json.loads(path.read_text(encoding="utf-8"))
-    out_dir = paths.reports / REPORT_DIRNAME
     # Split sizes come from the evaluation report (training.split_sizes), a declared dependency.
-    result = build_report(
-        metrics_by_arch, paths.plots_dir(archs[0]).parent, out_dir, params["promote"]["metric"]
-    )
-    print(f"compare: {len(archs)} candidates ({len(result['skipped'])} skipped), ranked by validation "
-          f"{result['rank_metric']}; "
-          f"best = {result['best']}; report in {out_dir / MD_NAME}")
+    return build_report(metrics_by_arch, paths.plots_dir(archs[0]).parent, paths.compare_dir,
+                        params["promote"]["metric"])
+
+
+def main() -> None:
+    """DVC entry point."""
+    result = run_stage("compare", run)
+    log.info("compare: %d candidates (%d skipped), ranked by validation %s; best = %s; report in %s",
+             len(result["rows"]) + len(result["skipped"]), len(result["skipped"]), result["rank_metric"],
+             result["best"], Paths(project_root()).compare_dir / COMPARE_MD)
 
 
 if __name__ == "__main__":

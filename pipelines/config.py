@@ -18,6 +18,22 @@ PARAMS_FILE = "params.yaml"
 # without a cycle (a stage cannot depend on a folder holding its own output).
 ENSEMBLE = "ensemble"
 DERIVED: tuple[str, ...] = (ENSEMBLE,)
+# data/intake: accepted intake cases (layout in pipelines/cases.py); also the source-path prefix of
+# those cases in the manifest.
+INTAKE_DIR = "intake"
+LOCK_FILE = "dvc.lock"
+COMPARE_MD, COMPARE_HTML, COMPARE_JSON = "compare.md", "compare.html", "compare.json"
+# One candidate's model folder (Paths.model_dir). A registered version carries the same files under
+# the MLflow artifact folder ARTIFACT_DIR (`artifact(name)`), so local and registry readers agree.
+MODEL_FILE = "model.keras"
+TRAIN_INFO_FILE = "train_info.json"
+HISTORY_FILE = "history.json"
+CONTRACT_FILE = "contract.json"
+FINGERPRINT_FILE = "train_fingerprint.json"
+SKIPPED_FILE = "skipped.json"
+ARTIFACT_DIR = "medscan"
+# The PNGs evaluate draws per candidate (plots/<arch>/<name>.png) and compare shows, in report order.
+PLOT_NAMES: tuple[str, ...] = ("learning_curves", "confusion_matrix", "roc", "reliability", "gradcam")
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,11 @@ class Paths:
         """Normalised copies by sha256 and normalisation digest (git-ignored, not a DVC output):
         what lets ingest decode only new images. See pipelines/image_cache.py."""
         return self.root / ".cache" / "ingest"
+
+    @property
+    def intake(self) -> Path:
+        """Cases accepted by intake (images/, cases.csv, quarantine.csv), merged by ingest."""
+        return self.data / INTAKE_DIR
 
     @property
     def manifest(self) -> Path:
@@ -72,6 +93,11 @@ class Paths:
         return self.reports / "validation.json"
 
     @property
+    def expectations(self) -> Path:
+        """Great Expectations suites, one JSON file per data set (pipelines.checks)."""
+        return self.root / "expectations"
+
+    @property
     def data_docs(self) -> Path:
         return self.reports / "data_docs"
 
@@ -85,7 +111,19 @@ class Paths:
         return self.reports / "compare"
 
     @property
+    def compare_json(self) -> Path:
+        """The comparison as data (ranking, best candidate): what promote and the summary read."""
+        return self.compare_dir / COMPARE_JSON
+
+    @property
+    def dvc_lock(self) -> Path:
+        """What DVC recorded of the last run (promote's lineage, the DAG's first-run check)."""
+        return self.root / LOCK_FILE
+
+    @property
     def promotion(self) -> Path:
+        """The promote stage's verdict (blessed or not and why, every gate number, the lineage): the
+        DAG's run outcome and asset, and what the demo's summary explains."""
         return self.reports / "promotion.json"
 
     def _candidates(self, arch: str) -> Path:
@@ -94,15 +132,30 @@ class Paths:
     def model_dir(self, arch: str) -> Path:
         return self._candidates(arch) / "models" / arch
 
+    def model_file(self, arch: str) -> Path:
+        return self.model_dir(arch) / MODEL_FILE
+
+    def train_info(self, arch: str) -> Path:
+        """How the candidate was trained (classes, image size, run id, split sizes, ...)."""
+        return self.model_dir(arch) / TRAIN_INFO_FILE
+
+    def history(self, arch: str) -> Path:
+        """Keras' per-epoch history (the learning curves evaluate plots)."""
+        return self.model_dir(arch) / HISTORY_FILE
+
+    def contract(self, arch: str) -> Path:
+        """What the model expects as input (pipelines.contract)."""
+        return self.model_dir(arch) / CONTRACT_FILE
+
     def train_fingerprint(self, arch: str) -> Path:
         """sha256 of every image the model trained or early-stopped on (train + val): the gate
         excludes them from the images it compares champion and challenger on."""
-        return self.model_dir(arch) / "train_fingerprint.json"
+        return self.model_dir(arch) / FINGERPRINT_FILE
 
     def skipped(self, arch: str) -> Path:
         """Written instead of a model by a candidate that did not train (a warm start with no
         champion): evaluate then writes {"skipped": reason, "arch": arch} as its metrics."""
-        return self.model_dir(arch) / "skipped.json"
+        return self.model_dir(arch) / SKIPPED_FILE
 
     def metrics_file(self, arch: str) -> Path:
         """The architecture's headline numbers (DVC metrics: what `dvc metrics show` prints)."""
@@ -118,6 +171,12 @@ class Paths:
 
     def plots_dir(self, arch: str) -> Path:
         return self.root / "plots" / arch
+
+    def plot(self, arch: str, name: str) -> Path:
+        """One of the candidate's PNGs (PLOT_NAMES)."""
+        if name not in PLOT_NAMES:
+            raise ValueError(f"unknown plot {name!r}; known: {PLOT_NAMES}")
+        return self.plots_dir(arch) / plot_file(name)
 
     def plot_data(self, kind: str, arch: str) -> Path:
         """Data of one DVC plot kind (confusion, roc, learning_curves, calibration) per
@@ -138,6 +197,15 @@ class Paths:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlartifacts"
+
+
+def plot_file(name: str) -> str:
+    return f"{name}.png"
+
+
+def artifact(name: str) -> str:
+    """Where a model-folder file sits among a registered version's MLflow artifacts."""
+    return f"{ARTIFACT_DIR}/{name}"
 
 
 def project_root() -> Path:

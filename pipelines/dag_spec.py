@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-LOCK_FILE = "dvc.lock"
+from pipelines.config import LOCK_FILE
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 

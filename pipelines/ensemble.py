@@ -33,6 +33,7 @@ from typing import Any
 
 import keras
 
+from pipelines.errors import DataError
 from pipelines.zoo.heads import IMAGE_INPUT, METADATA_INPUT, PROBS_LAYER
 
 # train_info keys every member must agree on: the same outputs, fed the same metadata.
@@ -49,11 +50,11 @@ def check_compatible(infos: Mapping[str, Mapping[str, Any]]) -> None:
     """Members must predict the same classes in the same order from the same metadata encoding."""
     names = list(infos)
     if len(names) < 2:
-        raise ValueError(f"an ensemble needs at least 2 members, got {names}")
+        raise DataError(f"an ensemble needs at least 2 members, got {names}")
     first = infos[names[0]]
     for name in names[1:]:
         for key in differences(infos[name], first):
-            raise ValueError(f"ensemble members {names[0]!r} and {name!r} differ in train_info "
+            raise DataError(f"ensemble members {names[0]!r} and {name!r} differ in train_info "
                              f"{key!r}: {first.get(key)!r} vs {infos[name].get(key)!r}")
 
 
@@ -61,7 +62,7 @@ def _member_inputs(member: keras.Model) -> list[str]:
     names = [t.name for t in member.inputs]
     unknown = sorted(set(names) - {IMAGE_INPUT, METADATA_INPUT})
     if IMAGE_INPUT not in names or unknown:
-        raise ValueError(f"member {member.name!r} has inputs {names}; the zoo contract is "
+        raise DataError(f"member {member.name!r} has inputs {names}; the zoo contract is "
                          f"{IMAGE_INPUT!r} (+ {METADATA_INPUT!r})")
     return names
 
@@ -74,7 +75,7 @@ def build_ensemble(members: Mapping[str, keras.Model], image_sizes: Mapping[str,
     members of one family do not clash); image_sizes: the size each member was trained at.
     """
     if len(members) < 2:
-        raise ValueError(f"an ensemble needs at least 2 members, got {list(members)}")
+        raise DataError(f"an ensemble needs at least 2 members, got {list(members)}")
     size = max(int(image_sizes[arch]) for arch in members)
     image = keras.Input(shape=(size, size, 3), name=IMAGE_INPUT, dtype="float32")
     metadata = keras.Input(shape=(metadata_dim,), name=METADATA_INPUT, dtype="float32") if metadata_dim else None
@@ -82,7 +83,7 @@ def build_ensemble(members: Mapping[str, keras.Model], image_sizes: Mapping[str,
     for arch, member in members.items():
         wanted = _member_inputs(member)
         if (METADATA_INPUT in wanted) != (metadata is not None):
-            raise ValueError(f"member {arch!r} {'needs' if metadata is None else 'takes no'} metadata "
+            raise DataError(f"member {arch!r} {'needs' if metadata is None else 'takes no'} metadata "
                              f"but the ensemble has metadata_dim={metadata_dim}")
         member.name = arch
         own = int(image_sizes[arch])

@@ -14,9 +14,8 @@ calibrated pyfunc is what promote registers.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import logging
 import tempfile
 import time
 from collections.abc import Mapping
@@ -30,7 +29,8 @@ import pandas as pd
 from pipelines import dvc_metrics, tracking
 from pipelines.bootstrap import metric_intervals
 from pipelines.calibration import calibration_report
-from pipelines.config import Paths, load_params, project_root
+from pipelines.cli import run_arch_stage
+from pipelines.config import ARTIFACT_DIR, CONTRACT_FILE, Paths
 from pipelines.contract import ModelContract, as_contract, for_model_dir
 from pipelines.contract import save as save_contract
 from pipelines.gradcam import gradcam, save_gradcam_grid
@@ -42,6 +42,8 @@ from pipelines.metrics import (age_band, classification_metrics, flatten_for_log
 from pipelines.plots import (PLOT_COLUMNS, plot_confusion_matrix, plot_learning_curves, plot_reliability,
                              plot_roc_curves, write_empty_plot_data)
 from pipelines.profiling import profile_model
+
+log = logging.getLogger(__name__)
 
 
 def resolve_top_k(setting: Any, num_classes: int) -> int:
@@ -71,18 +73,19 @@ def render_gradcam(model, contract: ModelContract, sample: pd.DataFrame, root: P
 
 
 def score_split(model, info: ModelContract | Mapping[str, Any], frame: pd.DataFrame, root: Path,
-                train_labels: np.ndarray, ep: Mapping[str, Any]) -> tuple[np.ndarray, dict, dict]:
+                train_labels: np.ndarray, eval_params: Mapping[str, Any]) -> tuple[np.ndarray, dict, dict]:
     """(probabilities, metrics with `ci95`, majority baseline) of one split."""
     classes = list(as_contract(info).classes)
     probs = predict_frame(model, info, frame, root)
     y_true = label_indices(frame, classes)
-    top_k = resolve_top_k(ep.get("top_k", "auto"), len(classes))
-    bins = int(ep.get("calibration_bins", 10))
+    top_k = resolve_top_k(eval_params.get("top_k", "auto"), len(classes))
+    bins = int(eval_params.get("calibration_bins", 10))
     results = classification_metrics(y_true, probs, classes, top_k=top_k, calibration_bins=bins)
     results["ci95"] = metric_intervals(
         y_true, probs, frame["group_id"].astype(str).tolist(), classes,
-        n_resamples=int(ep.get("bootstrap_resamples", 500)), seed=int(ep.get("bootstrap_seed", 0)),
-        confidence=float(ep.get("confidence", 0.95)), top_k=top_k, calibration_bins=bins)
+        n_resamples=int(eval_params.get("bootstrap_resamples", 500)),
+        seed=int(eval_params.get("bootstrap_seed", 0)),
+        confidence=float(eval_params.get("confidence", 0.95)), top_k=top_k, calibration_bins=bins)
     baseline = majority_baseline(train_labels, y_true, len(classes), classes)
     return probs, results, baseline
 
@@ -102,18 +105,19 @@ def write_skipped(paths: Paths, arch: str) -> dict[str, Any]:
 
 
 class Progress:
-    """One stderr line per step with the seconds so far: scoring and bootstrapping take a while."""
+    """One log line per step with the seconds so far: scoring and bootstrapping take a while."""
 
     def __init__(self, arch: str) -> None:
         self.arch, self.started = arch, time.perf_counter()
 
     def __call__(self, step: str) -> None:
-        print(f"evaluate {self.arch} [{time.perf_counter() - self.started:5.1f} s] {step}",
-              file=sys.stderr, flush=True)
+        log.info("evaluate %s [%5.1f s] %s", self.arch, time.perf_counter() - self.started, step)
 
 
-def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
-    ep = params["evaluate"]
+def run(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Score `arch` on val and test; writes its report, metrics, plots and MLflow entries; returns
+    the report. Reads params `evaluate`."""
+    eval_params = params["evaluate"]
     if paths.skipped(arch).exists():  # a candidate that did not train (warm start, no champion)
         return write_skipped(paths, arch)
     progress = Progress(arch)
@@ -125,20 +129,21 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     progress("profiling size and latency")
     profile = profile_model(model, metadata_dim=len(info.get("metadata_features", [])))
     frames = read_splits(paths)
-    resamples = int(ep.get("bootstrap_resamples", 500))
+    resamples = int(eval_params.get("bootstrap_resamples", 500))
     test = frames["test"]
     train_labels = label_indices(frames["train"], classes)
     val_results = val_baseline = val_probs = None  # an empty val split: compare says so, never ranks on test
     if len(frames["val"]):
         progress(f"scoring val: {len(frames['val'])} images, {resamples} bootstrap resamples")
         val_probs, val_results, val_baseline = score_split(model, contract, frames["val"], paths.root,
-                                                           train_labels, ep)
+                                                           train_labels, eval_params)
     progress(f"scoring test: {len(test)} images, {resamples} bootstrap resamples")
-    probs, results, baseline = score_split(model, contract, test, paths.root, train_labels, ep)
+    probs, results, baseline = score_split(model, contract, test, paths.root, train_labels, eval_params)
     y_true = label_indices(test, classes)
-    target = ep.get("abstain_target_precision")
+    target = eval_params.get("abstain_target_precision")
     calib = calibration_report(val_probs, label_indices(frames["val"], classes), probs, y_true,
-                               None if target is None else float(target), int(ep.get("calibration_bins", 10)))
+                               None if target is None else float(target),
+                               int(eval_params.get("calibration_bins", 10)))
     contract = contract.calibrated(calib["temperature"], calib["threshold"], calib["target_precision"])
     top_k = int(results["top_k"])
     groups = test.copy()
@@ -149,18 +154,18 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
     progress("plots")
     plots = paths.plots_dir(arch)
     plots.mkdir(parents=True, exist_ok=True)
-    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), classes, plots / "confusion_matrix.png",
+    plot_confusion_matrix(np.asarray(results["confusion_matrix"]), classes, paths.plot(arch, "confusion_matrix"),
                           data=paths.plot_data("confusion", arch))
-    plot_roc_curves(y_true, probs, classes, plots / "roc.png", data=paths.plot_data("roc", arch))
-    plot_reliability(results["reliability"], plots / "reliability.png",
+    plot_roc_curves(y_true, probs, classes, paths.plot(arch, "roc"), data=paths.plot_data("roc", arch))
+    plot_reliability(results["reliability"], paths.plot(arch, "reliability"),
                      data=paths.plot_data("calibration", arch))
-    history = json.loads((paths.model_dir(arch) / "history.json").read_text(encoding="utf-8"))
-    plot_learning_curves(history, plots / "learning_curves.png",
+    history = json.loads(paths.history(arch).read_text(encoding="utf-8"))
+    plot_learning_curves(history, paths.plot(arch, "learning_curves"),
                          data=paths.plot_data("learning_curves", arch))
-    sample = gradcam_sample(test, int(ep.get("gradcam_per_class", 2)))
+    sample = gradcam_sample(test, int(eval_params.get("gradcam_per_class", 2)))
     progress(f"Grad-CAM on {len(sample)} test images")
     render_gradcam(model, contract, sample, paths.root, probs[test.index.get_indexer(sample.index)],
-                   plots / "gradcam.png")
+                   paths.plot(arch, "gradcam"))
 
     report = {
         "arch": arch, "dataset": info["dataset"], "builder": info["builder"],
@@ -188,30 +193,24 @@ def evaluate(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, An
                             **{f"calibration_{k}": float(v) for k, v in calib.items()
                                if isinstance(v, (int, float)) and not isinstance(v, bool)}})
         mlflow.log_artifacts(str(plots), artifact_path="plots")
-        mlflow.log_artifact(str(out), artifact_path="medscan")
+        mlflow.log_artifact(str(out), artifact_path=ARTIFACT_DIR)
         with tempfile.TemporaryDirectory() as tmp:   # the calibrated contract, and the pyfunc promote registers
-            mlflow.log_artifact(str(save_contract(contract, Path(tmp) / "contract.json")), artifact_path="medscan")
+            mlflow.log_artifact(str(save_contract(contract, Path(tmp) / CONTRACT_FILE)), artifact_path=ARTIFACT_DIR)
             from pipelines.pyfunc import log_pyfunc
 
-            log_pyfunc(paths.model_dir(arch) / "model.keras", contract, Path(tmp))
+            log_pyfunc(paths.model_file(arch), contract, Path(tmp))
     progress("done")
     return report
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate one trained architecture on val and test.")
-    parser.add_argument("--arch", required=True)
-    args = parser.parse_args(argv)
-    root = project_root()
-    report = evaluate(args.arch, Paths(root), load_params(root))
-    if "skipped" in report:
-        print(f"{args.arch}: skipped ({report['skipped']})", file=sys.stderr)
-        return
-    t, v = report["test"], report["val"] or {}
-    print(f"{args.arch}: val balanced accuracy {_fmt(v.get('balanced_accuracy'))} (selects); test (reports): "
-          f"accuracy {_fmt(t['accuracy'])}, balanced accuracy {_fmt(t['balanced_accuracy'])}, "
-          f"macro F1 {_fmt(t['f1_macro'])}, macro ROC-AUC {_fmt(t['roc_auc_macro_ovr'])} "
-          f"(majority baseline accuracy {_fmt(report['baseline']['accuracy'])})", file=sys.stderr)
+    if done := run_arch_stage("evaluate", "Evaluate one trained architecture on val and test.", run, argv):
+        arch, report = done
+        t, v = report["test"], report["val"] or {}
+        log.info("%s: val balanced accuracy %s (selects); test (reports): accuracy %s, balanced accuracy "
+                 "%s, macro F1 %s, macro ROC-AUC %s (majority baseline accuracy %s)", arch,
+                 _fmt(v.get("balanced_accuracy")), _fmt(t["accuracy"]), _fmt(t["balanced_accuracy"]),
+                 _fmt(t["f1_macro"]), _fmt(t["roc_auc_macro_ovr"]), _fmt(report["baseline"]["accuracy"]))
 
 
 def _fmt(value: Any) -> str:

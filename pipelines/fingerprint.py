@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.manifest import TRAIN, VAL
+
 FORMAT = 1
 ARTIFACT_DIR = "medscan"
 ARTIFACT_NAME = "train_fingerprint.json"
 ARTIFACT = f"{ARTIFACT_DIR}/{ARTIFACT_NAME}"
-SEEN_SPLITS: tuple[str, ...] = ("train", "val")  # trained on, and early-stopped on
+SEEN_SPLITS: tuple[str, ...] = (TRAIN, VAL)  # trained on, and early-stopped on
 
 
 def training_fingerprint(frames: Mapping[str, pd.DataFrame],

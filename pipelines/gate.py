@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.bootstrap import paired_difference
+from pipelines.errors import ConfigError
 from pipelines.fingerprint import seen_mask
 from pipelines.metrics import classification_metrics
 
@@ -46,7 +47,7 @@ def policy_from_params(promote: Mapping[str, Any], dataset: str, classes: Sequen
     guards = tuple((promote.get("guard_classes") or {}).get(dataset) or ())
     unknown = [c for c in guards if c not in classes]
     if unknown:
-        raise ValueError(f"promote.guard_classes.{dataset} names {unknown}, not in the label set "
+        raise ConfigError(f"promote.guard_classes.{dataset} names {unknown}, not in the label set "
                          f"{list(classes)}")
     return Policy(
         metric=str(promote["metric"]), floor=float(promote["floor"]),

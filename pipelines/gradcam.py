@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from pipelines.plots import _new_figure, _save, short_label
+from pipelines.plots import new_figure, save_figure, short_label
 
 Head = Callable[[list[tf.Tensor]], tuple[tf.Tensor, Any]]
 Tail = Callable[[tf.Tensor, Any], tf.Tensor]
@@ -355,7 +355,7 @@ def save_gradcam_grid(
     captions = ["\n".join(short_label(t, width=30, max_lines=2) for t in str(title).split("\n"))
                 for title in titles] if titles else []
     caption_lines = max((c.count("\n") + 1 for c in captions), default=0)
-    fig = _new_figure(2.8 * cols, (2.8 + 0.2 * caption_lines) * rows)
+    fig = new_figure(2.8 * cols, (2.8 + 0.2 * caption_lines) * rows)
     if n == 0:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no images for Grad-CAM", ha="center", va="center")
@@ -367,4 +367,4 @@ def save_gradcam_grid(
             ax.set_title(captions[i], fontsize=10)
         ax.set_axis_off()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from pipelines.candidate import model_path, read_train_info
 from pipelines.contract import ModelContract, as_contract
 from pipelines.data import make_dataset, symmetries
 from pipelines.zoo import load_model
@@ -28,8 +29,7 @@ from pipelines.zoo import load_model
 
 def load_bundle(model_dir: Path) -> tuple[keras.Model, dict[str, Any]]:
     """A model directory (models/<arch>/ or a downloaded MLflow artifact) -> (model, train_info)."""
-    info = json.loads((model_dir / "train_info.json").read_text(encoding="utf-8"))
-    return load_model(model_dir / "model.keras", compile=False), info
+    return load_model(model_path(model_dir), compile=False), read_train_info(model_dir)
 
 
 def metadata_for(frame: pd.DataFrame, info: ModelContract | Mapping[str, Any]) -> np.ndarray | None:

@@ -37,12 +37,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipelines.bounds import CaseBounds, screen_candidates
-from pipelines.config import Paths, load_params, project_root, resolve
+from pipelines.cases import scan_cases
+from pipelines.cli import run_stage
+from pipelines.config import Paths, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
 from pipelines.datasets.base import Candidate, IgnoreReason, Rejected, SourceReason, resolve_duplicates
+from pipelines.errors import ConfigError
 from pipelines.image_cache import ImageCache, reuse_or_normalize
 from pipelines.images import ImageInfo, ImageLimits, ImageRejected, stored_name
-from pipelines.intake import intake_dir_for, scan_cases
 from pipelines.manifest import (
     CORE_COLUMNS,
     IgnoredEntry,
@@ -111,7 +113,7 @@ def ingest(
     started = time.perf_counter()
     moved = sorted(set(params) & {"min_side", "max_side", "max_pixels"})
     if moved:
-        raise ValueError(f"params.yaml ingest: {moved} moved to the `bounds:` section (one definition)")
+        raise ConfigError(f"params.yaml ingest: {moved} moved to the `bounds:` section (one definition)")
     adapter = get_adapter(adapter_name)
     scan = adapter.scan(Path(source_root))
     if intake_dir is not None:
@@ -234,7 +236,7 @@ def split_outcomes(
         else:
             decoded.append((cand, outcome))
     kept, duplicates = resolve_duplicates(decoded, key=lambda a: a[1].sha256, label=lambda a: a[0].label)
-    quarantine.extend(_duplicate_entry(rej) for rej in duplicates)
+    quarantine.extend(_duplicate_candidate_entry(rej) for rej in duplicates)
     return kept, quarantine
 
 
@@ -251,7 +253,8 @@ def extra_frames(accepted: Sequence[Accepted]) -> list[IgnoredEntry]:
     ]
 
 
-def _duplicate_entry(rej: Rejected[Accepted]) -> QuarantineEntry:
+def _duplicate_candidate_entry(rej: Rejected[Accepted]) -> QuarantineEntry:
+    """A source image whose bytes another one carries: the copy (kept one named) or a label conflict."""
     cand, info = rej.item
     if rej.reason == SourceReason.DUPLICATE:
         detail = f"same bytes as {rej.related[0][0].source_path} (kept)"
@@ -327,22 +330,17 @@ def prune_images(images_dir: Path, keep: set[str]) -> int:
     return len(stale)
 
 
-def main() -> int:
-    """`python -m pipelines.ingest`: params `dataset`, `ingest` and `bounds`, paths from the project root."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = project_root()
-    params = load_params(root)
-    paths = Paths(root)
+def run(paths: Paths, params: Mapping[str, Any]) -> IngestSummary:
+    """The stage: params `dataset` (which adapter, where its source is), `ingest` and `bounds`; the
+    intake folder's cases join when it exists."""
     dataset = params["dataset"]
-    intake_dir = intake_dir_for(paths)
-    ingest(
-        dataset["name"],
-        resolve(root, dataset["root"]),
-        paths,
-        params.get("ingest", {}),
-        intake_dir if intake_dir.exists() else None,
-        CaseBounds.from_params(params),
-    )
+    return ingest(dataset["name"], resolve(paths.root, dataset["root"]), paths, params.get("ingest", {}),
+                  paths.intake if paths.intake.exists() else None, CaseBounds.from_params(params))
+
+
+def main() -> int:
+    """`python -m pipelines.ingest`, paths from the project root."""
+    run_stage("ingest", run)
     return 0
 
 

@@ -47,7 +47,6 @@ import csv
 import io
 import itertools
 import json
-import math
 import os
 import shutil
 import stat
@@ -66,17 +65,28 @@ from typing import Any, Iterable, Iterator, Mapping
 import pandas as pd
 
 from pipelines.bounds import CaseBounds
+from pipelines.cases import (
+    CASES_COLUMNS,
+    CASES_FILE,
+    FORMAT_EXTENSIONS,
+    IMAGES_DIR,
+    LABELS_FILE,
+    QUARANTINE_FILE,
+    cell,
+    csv_text,
+    ensure_intake_dir,
+    known_shas,
+)
+from pipelines.errors import ConfigError, MedscanError
 from pipelines.folders import FolderBusy, folder_lock, fsync_dir, write_atomic
 from pipelines.config import Paths, load_params, project_root, resolve
 from pipelines.datasets import DatasetAdapter, get_adapter
 from pipelines.datasets.base import (
-    Candidate,
     CsvFormatError,
     CsvRow,
     IgnoreReason,
     MetadataError,
     Rejected,
-    ScanResult,
     SourceReason,
     list_files,
     read_csv_table,
@@ -86,12 +96,7 @@ from pipelines.datasets.base import (
 from pipelines.images import ImageInfo, ImageReason, ImageRejected, sha256_hex, try_normalize
 from pipelines.manifest import METADATA_COLUMNS, QUARANTINE_COLUMNS, IgnoredEntry, QuarantineEntry
 
-INTAKE_DIR = "intake"
-CASES_FILE = "cases.csv"
-IMAGES_DIR = "images"
-QUARANTINE_FILE = "quarantine.csv"
 S3_LEDGER_FILE = "s3_processed.csv"
-LABELS_FILE = "labels.csv"
 PENDING_FILE = "pending.json"
 JOURNAL_FILE = ".journal.json"
 ARCHIVE_SUFFIX = ".processed"  # <drop>.processed/ beside the drop: the archive of processed files
@@ -100,98 +105,12 @@ BUSY_EXIT = 75  # EX_TEMPFAIL: another intake holds the lock; try again later
 # Decode results that mean "still arriving", not "bad": such a row waits for the pending timeout.
 UNFINISHED_REASONS = frozenset({ImageReason.TRUNCATED_IMAGE, ImageReason.EMPTY_FILE})
 
-CASES_COLUMNS: tuple[str, ...] = ("file", "label", "group_id", *METADATA_COLUMNS, "sha256", "received_at")
 QUARANTINE_LOG_COLUMNS: tuple[str, ...] = (*QUARANTINE_COLUMNS, "received_at")
 LEDGER_COLUMNS: tuple[str, ...] = ("key", "etag", "sha256", "processed_at")
 LABELS_REQUIRED = ("file", "label")
-CASES_REQUIRED = ("file", "label", "sha256")
-# Stored extension follows the detected format, not the (untrusted) name of the dropped file.
-FORMAT_EXTENSIONS = {
-    "JPEG": "jpg",
-    "MPO": "jpg",
-    "PNG": "png",
-    "TIFF": "tif",
-    "BMP": "bmp",
-    "GIF": "gif",
-    "WEBP": "webp",
-}
 
 
 # ---------------------------------------------------------------- data/intake, read side
-
-
-def intake_dir_for(paths: Paths) -> Path:
-    return paths.data / INTAKE_DIR
-
-
-def ensure_intake_dir(path: Path) -> Path:
-    """Create `path/images/` and a header-only `path/cases.csv` (the state before any intake)."""
-    (path / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    cases = path / CASES_FILE
-    if not cases.exists() or cases.stat().st_size == 0:
-        _append_csv(cases, CASES_COLUMNS, [])
-    return path
-
-
-def scan_cases(intake_dir: Path, adapter: DatasetAdapter) -> ScanResult:
-    """Accepted intake cases as ingest candidates (source_path `intake/<file>`, image_id = sha256).
-
-    cases.csv is data like any other: a `file` that resolves outside the intake folder (absolute,
-    `../`, a symlink out) is quarantined `path_outside_root` and never read; the `sha256` it
-    claims is checked by ingest against the bytes it hashes (`sha256_mismatch`).
-    """
-    cases = intake_dir / CASES_FILE
-    if not cases.is_file():
-        return ScanResult()
-    table = read_csv_table(cases, f"{INTAKE_DIR}/{CASES_FILE}", CASES_REQUIRED)
-    result = ScanResult(quarantine=list(table.problems))
-    real_dir = Path(os.path.realpath(intake_dir))
-    for row in table.rows:
-        values = row.values
-        rel = f"{INTAKE_DIR}/{values['file']}"
-
-        def reject(reason: str, what: str) -> None:
-            detail = f"{CASES_FILE} line {row.line}: {values['file']!r} {what}"
-            result.quarantine.append(QuarantineEntry(rel, reason, detail, values["sha256"], values["label"]))
-
-        target = Path(os.path.realpath(intake_dir / values["file"]))
-        if Path(values["file"]).is_absolute() or not target.is_relative_to(real_dir):
-            reject(SourceReason.PATH_OUTSIDE_ROOT, f"resolves outside {INTAKE_DIR}/: never read")
-            continue
-        try:
-            regular = stat.S_ISREG(os.stat(target).st_mode)
-        except OSError:
-            regular = False
-        if not regular:
-            reject(SourceReason.MISSING_IMAGE, "is missing (or not a regular file)")
-            continue
-        try:
-            metadata = adapter.parse_metadata(values)
-        except MetadataError as exc:
-            result.quarantine.append(
-                QuarantineEntry(
-                    rel, SourceReason.INVALID_METADATA, str(exc), values["sha256"], values["label"]
-                )
-            )
-            continue
-        group = values.get("group_id") or values["sha256"]
-        result.candidates.append(
-            Candidate(rel, target, values["label"], group, values["sha256"], "", metadata, values["sha256"])
-        )
-    return adapter.check_labels(result)
-
-
-def known_shas(intake_dir: Path, manifest_path: Path | None) -> dict[str, str]:
-    """sha256 -> where it was accepted before (the manifest, or an earlier intake)."""
-    known: dict[str, str] = {}
-    if manifest_path is not None and manifest_path.is_file():
-        frame = pd.read_parquet(manifest_path, columns=["sha256", "label"])
-        known.update((s, f"in the manifest as {lab!r}") for s, lab in zip(frame["sha256"], frame["label"]))
-    cases = intake_dir / CASES_FILE
-    if cases.is_file():
-        frame = pd.read_csv(cases, dtype=str, keep_default_na=False)
-        known.update((s, f"in {CASES_FILE} as {lab!r}") for s, lab in zip(frame["sha256"], frame["label"]))
-    return known
 
 
 # ---------------------------------------------------------------- one drop, wherever it lives
@@ -212,7 +131,7 @@ class IntakeSettings:
         return cls(**{k: float(section[k]) for k in names if k in section})
 
 
-class IntakeBusy(RuntimeError):
+class IntakeBusy(MedscanError, RuntimeError):
     """Another intake holds the drop (or intake) folder: a clear message, not a traceback."""
 
 
@@ -463,7 +382,7 @@ def _accept(
 ) -> tuple[list[dict[str, str]], list[QuarantineEntry]]:
     """Copy the new, unique images into data/intake/images; everything else is quarantined."""
     kept, duplicates = resolve_duplicates(checked, key=lambda c: c.info.sha256, label=lambda c: c.label)
-    quarantine = [_duplicate_entry(rej) for rej in duplicates]
+    quarantine = [_duplicate_row_entry(rej) for rej in duplicates]
     cases: list[dict[str, str]] = []
     for item in kept:
         before = known.get(item.info.sha256)
@@ -479,7 +398,8 @@ def _accept(
     return cases, quarantine
 
 
-def _duplicate_entry(rej: Rejected[_Checked]) -> QuarantineEntry:
+def _duplicate_row_entry(rej: Rejected[_Checked]) -> QuarantineEntry:
+    """A drop row whose bytes another row of the same drop carries: named by its labels.csv line."""
     item = rej.item
     others = ", ".join(f"{o.file.origin} [{o.label}]" for o in rej.related)
     detail = f"line {item.row.line}: same bytes as {others}" + (
@@ -501,7 +421,7 @@ def _store_case(item: _Checked, intake_dir: Path, received_at: str) -> dict[str,
         "label": item.label,
         "group_id": item.group_id,
         **{
-            col: _cell(item.metadata.get(col, item.row.values.get(col, "")))
+            col: cell(item.metadata.get(col, item.row.values.get(col, "")))
             for col in METADATA_COLUMNS
         },
         "sha256": item.info.sha256,
@@ -509,37 +429,14 @@ def _store_case(item: _Checked, intake_dir: Path, received_at: str) -> dict[str,
     }
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return str(value)
-
-
 # ---------------------------------------------------------------- durable writes and the journal
-
-
-def _csv_text(columns: Iterable[str], rows: Iterable[Mapping[str, Any]], header: bool) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\r\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _append_csv(path: Path, columns: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> None:
-    """Append rows (a header first when the file is new): intake files only ever grow."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        fh.write(_csv_text(columns, rows, new))
 
 
 def _planned_append(path: Path, columns: Iterable[str], rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     """A journal entry: the file's size now and the exact text to append after it (idempotent:
     replaying truncates back to that size first, so a half-done append is never doubled)."""
     size = path.stat().st_size if path.exists() else 0
-    return {"file": path.name, "size": size, "text": _csv_text(columns, rows, size == 0) if rows else ""}
+    return {"file": path.name, "size": size, "text": csv_text(columns, rows, size == 0) if rows else ""}
 
 
 def _apply_append(intake_dir: Path, plan: Mapping[str, Any]) -> None:
@@ -765,10 +662,10 @@ def intake_folder(
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix/")."""
     if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
+        raise ConfigError(f"not an s3:// URI: {uri!r}")
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
-        raise ValueError(f"no bucket in {uri!r}")
+        raise ConfigError(f"no bucket in {uri!r}")
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
 
@@ -940,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     root = project_root()
     paths = Paths(root)
     params = load_params(root) if (root / "params.yaml").is_file() else {}
-    intake_dir = resolve(root, args.intake_dir) if args.intake_dir else intake_dir_for(paths)
+    intake_dir = resolve(root, args.intake_dir) if args.intake_dir else paths.intake
     if args.init:
         print(json.dumps({"intake_dir": str(ensure_intake_dir(intake_dir))}))
         return 0

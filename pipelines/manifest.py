@@ -35,7 +35,8 @@ IGNORED_COLUMNS: tuple[str, ...] = ("source_path", "reason", "detail")
 
 # The split stage's names, in the order every report lists them. Here, not in the split stage, because
 # train, evaluate and promote read the splits too and stages never import stages.
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS: tuple[str, ...] = (TRAIN, VAL, TEST)
 
 
 @dataclass(frozen=True)

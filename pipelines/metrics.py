@@ -24,22 +24,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from pipelines.features import UNKNOWN
+from pipelines.jsonsafe import json_safe
+
 # Metrics where smaller is better (ranking in compare and the ensemble's member choice).
 LOWER_IS_BETTER: frozenset[str] = frozenset({"ece"})
-# Scalar keys of classification_metrics, in report order (top-k is added as top_{k}_accuracy).
-SCALAR_KEYS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "precision_macro",
-    "precision_weighted",
-    "recall_macro",
-    "recall_weighted",
-    "f1_macro",
-    "f1_weighted",
-    "mcc",
-    "roc_auc_macro_ovr",
-    "ece",
-)
 SUBGROUP_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro_ovr")
 SUBGROUP_COLUMNS: tuple[str, ...] = ("sex", "age_band", "localization")
 AGE_BANDS: tuple[tuple[float, float, str], ...] = (
@@ -49,25 +38,6 @@ AGE_BANDS: tuple[tuple[float, float, str], ...] = (
     (60.0, 75.0, "60-74"),
     (75.0, math.inf, "75+"),
 )
-UNKNOWN = "unknown"
-
-
-def json_safe(value: Any) -> Any:
-    """Recursively turn numpy scalars/arrays into Python types and NaN/inf into None (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [json_safe(v) for v in value.tolist()]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    return value
 
 
 def _labels_1d(y_true: np.ndarray) -> np.ndarray:

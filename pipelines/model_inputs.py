@@ -15,6 +15,7 @@ resize (data.decode_image calls resize_pixels) and `metadata_matrix`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
@@ -97,15 +98,25 @@ def metadata_matrix(contract: ModelContract, frame: pd.DataFrame) -> np.ndarray 
                            {k: list(v) for k, v in contract.categorical_values.items()})
 
 
+@functools.lru_cache(maxsize=8)
+def _resizer(image_size: int) -> Any:
+    """training's `resize_pixels` as one traced graph for this size: the same ops, but one call
+    instead of four eager op dispatches (a quarter of the app's CPU per upload, measured)."""
+    import tensorflow as tf   # only once there is an image
+
+    from pipelines.data import resize_pixels
+
+    return tf.function(lambda image: resize_pixels(image, image_size),
+                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+
+
 def image_pixels(contract: ModelContract, image: bytes) -> np.ndarray:
     """uint8 [S, S, 3] for one upload, as training saw its stored copy; InvalidInput if unusable."""
-    from pipelines.data import resize_pixels   # TensorFlow: only once there is an image
-
     try:
         pixels = normalized_pixels(image, contract.image_limits())
     except ImageRejected as err:
         raise InvalidInput("image", f"{err.reason}: {err.detail}", reason=str(err.reason)) from err
-    return resize_pixels(pixels, contract.image_size).numpy()
+    return _resizer(int(contract.image_size))(np.ascontiguousarray(pixels, np.uint8)).numpy()
 
 
 def model_inputs(contract: ModelContract, images: Sequence[bytes],

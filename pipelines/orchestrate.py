@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from pipelines.config import PARAMS_FILE, Paths, resolve
-from pipelines.intake import LABELS_FILE, ensure_intake_dir, intake_dir_for
+from pipelines.cases import LABELS_FILE, ensure_intake_dir
 from pipelines.redact import redact, redact_value
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ def take_in(root: Path, drop: Path | None, s3_prefix: str | None = None,
     with checkout_lock(root):
         # A fresh checkout has no data/intake yet (it is DVC-tracked from the first accepted case);
         # the ingest stage depends on it, so create the empty state before any stage runs.
-        ensure_intake_dir(intake_dir_for(Paths(root)))
+        ensure_intake_dir(Paths(root).intake)
         if drop is not None:
             drop = Path(drop)
             drop.mkdir(parents=True, exist_ok=True)
@@ -272,7 +272,7 @@ def take_in(root: Path, drop: Path | None, s3_prefix: str | None = None,
 
 
 @dataclass(frozen=True)
-class Decision:
+class RetrainDecision:
     retrain: bool
     reason: str
 
@@ -283,22 +283,23 @@ def first_run_reason(root: Path, stage_names: Sequence[str]) -> str | None:
     No dvc.lock, a stage missing from it (a new architecture), no promotion outcome, or no
     champion yet: the first run trains whatever triggered it.
     """
-    lock = Path(root) / "dvc.lock"
+    paths = Paths(Path(root))
+    lock = paths.dvc_lock
     if not lock.is_file():
-        return "no dvc.lock yet: the pipeline has never run in this checkout"
+        return f"no {lock.name} yet: the pipeline has never run in this checkout"
     locked = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
     missing = [s for s in stage_names if s not in locked]
     if missing:
         return f"stage(s) never run here: {', '.join(missing)}"
-    promotion = Paths(Path(root)).promotion
+    promotion = paths.promotion
     if not promotion.is_file():
-        return "no promotion outcome yet (reports/promotion.json)"
+        return f"no promotion outcome yet ({promotion.relative_to(paths.root)})"
     if json.loads(promotion.read_text(encoding="utf-8")).get("champion_after") is None:
         return "no champion yet"
     return None
 
 
-def retrain_decision(accepted: int, run_type: str, force: bool, first_run: str | None) -> Decision:
+def retrain_decision(accepted: int, run_type: str, force: bool, first_run: str | None) -> RetrainDecision:
     """Retrain when new cases arrived, the weekly schedule or a user forces it, or on a first run.
 
     An asset-triggered or manual run with nothing new and no force skips every stage.
@@ -313,8 +314,8 @@ def retrain_decision(accepted: int, run_type: str, force: bool, first_run: str |
     if first_run:
         reasons.append(f"first run ({first_run})")
     if reasons:
-        return Decision(True, "; ".join(reasons))
-    return Decision(False, f"{run_type} run, no new cases and nothing forces a retrain: stages skipped")
+        return RetrainDecision(True, "; ".join(reasons))
+    return RetrainDecision(False, f"{run_type} run, no new cases and nothing forces a retrain: stages skipped")
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

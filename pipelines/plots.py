@@ -39,13 +39,16 @@ def short_label(name: str, width: int = 18, max_lines: int = 2) -> str:
     return "\n".join(lines)
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure with its own Agg canvas (no pyplot state: safe in worker threads and under DVC);
+    every plot here and the Grad-CAM grid start from one."""
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path | str) -> Path:
+def save_figure(fig: Figure, path: Path | str) -> Path:
+    """Write the PNG at the project's DPI, trimmed, creating the folder."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=DPI, bbox_inches="tight")
@@ -96,7 +99,7 @@ def plot_confusion_matrix(
         else counts.astype(np.float64)
 
     side = max(4.5, 0.55 * k + 3.0)
-    fig = _new_figure(side + 1.0, side)
+    fig = new_figure(side + 1.0, side)
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(1.0, shown.max()))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -114,7 +117,7 @@ def plot_confusion_matrix(
                 text = f"{shown[i, j]:.2f}\n({counts[i, j]})" if normalize else str(counts[i, j])
                 ax.text(j, i, text, ha="center", va="center", fontsize=size,
                         color="white" if shown[i, j] > threshold else "black")
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     rows = [
         (class_names[i], class_names[j])
         for i in range(k) for j in range(k) for _ in range(int(counts[i, j]))
@@ -138,7 +141,7 @@ def plot_roc_curves(
     if p.shape != (y.shape[0], len(class_names)):
         raise ValueError(f"y_prob must have shape ({y.shape[0]}, {len(class_names)}), got {p.shape}")
 
-    fig = _new_figure(8.5, 6.0)
+    fig = new_figure(8.5, 6.0)
     ax = fig.add_subplot(1, 1, 1)
     cmap = matplotlib.colormaps["tab20" if len(class_names) > 10 else "tab10"]
     grid = np.linspace(0.0, 1.0, 201)
@@ -178,7 +181,7 @@ def plot_roc_curves(
         title += f"\n(no positives or no negatives: {short_label(', '.join(skipped), 80, 1)})"
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     _write_csv(data or out.with_suffix(".csv"), PLOT_COLUMNS["roc"], rows)
     return out
 
@@ -205,7 +208,7 @@ def plot_reliability(reliability_bins: Sequence[Mapping[str, Any]], path: Path |
         abs(float(bins[i]["accuracy"]) - float(bins[i]["confidence"])) * counts[i] for i in filled
     ) / n if n else float("nan")
 
-    fig = _new_figure(6.0, 6.5)
+    fig = new_figure(6.0, 6.5)
     gs = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
     ax = fig.add_subplot(gs[0])
     hist = fig.add_subplot(gs[1], sharex=ax)
@@ -225,7 +228,7 @@ def plot_reliability(reliability_bins: Sequence[Mapping[str, Any]], path: Path |
     hist.bar(centres, counts, width=widths, color="grey", edgecolor="black")
     hist.set_xlabel("Confidence (top-1 probability)")
     hist.set_ylabel("Count")
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     _write_csv(
         data or out.with_suffix(".csv"),
         PLOT_COLUMNS["calibration"],
@@ -256,7 +259,7 @@ def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path | st
 
     cols = min(3, max(1, len(panels)))
     rows_n = max(1, math.ceil(len(panels) / cols))
-    fig = _new_figure(4.6 * cols, 3.4 * rows_n)
+    fig = new_figure(4.6 * cols, 3.4 * rows_n)
     if not panels:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no training history recorded", ha="center", va="center")
@@ -285,7 +288,7 @@ def plot_learning_curves(history: Mapping[str, Sequence[float]], path: Path | st
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = _save(fig, path)
+    out = save_figure(fig, path)
     length = max((len(history[k]) for k in keys), default=0)
     table = [
         [epoch + 1] + [

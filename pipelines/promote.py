@@ -15,8 +15,8 @@ verdict is still in reports/promotion.json (its headline in metrics/promote.json
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -27,7 +27,10 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from pipelines import dvc_metrics, registry, tracking
-from pipelines.config import Paths, load_params, project_root
+from pipelines.candidate import read_train_info
+from pipelines.cli import run_stage
+from pipelines.config import ARTIFACT_DIR, Paths
+from pipelines.errors import DataError
 from pipelines.fingerprint import ARTIFACT as FINGERPRINT_ARTIFACT
 from pipelines.fingerprint import check_fingerprint, read_fingerprint, training_fingerprint
 from pipelines.gate import (ALREADY_CHAMPION, COMPARED, NO_CHAMPION, OTHER_LABELS, UNSCORABLE,
@@ -37,20 +40,21 @@ from pipelines.inference import label_indices, load_bundle, predict_frame
 from pipelines.lineage import lineage_tags
 from pipelines.manifest import read_splits
 
+log = logging.getLogger(__name__)
 
 EXPERIMENT_ENV = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")   # what `dvc exp run` sets for its stages
 
 
-def registers(pp: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> bool:
+def registers(promote_params: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> bool:
     """Inside `dvc exp run` the gate decides and reports but the registry is left alone, unless
     `promote.register_experiments` asks (scripts/real.py does): experiments are for comparing."""
-    return not any(env.get(k) for k in EXPERIMENT_ENV) or bool(pp.get("register_experiments", False))
+    return not any(env.get(k) for k in EXPERIMENT_ENV) or bool(promote_params.get("register_experiments", False))
 
 
 def data_hashes(paths: Paths) -> dict[str, str]:
     """DVC's content hashes of the data the model saw (from dvc.lock), else a file digest."""
     hashes: dict[str, str] = {}
-    lock = paths.root / "dvc.lock"
+    lock = paths.dvc_lock
     if lock.exists():
         stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
         for stage in ("ingest", "split"):
@@ -93,7 +97,7 @@ def current_champion(name: str, client: MlflowClient, classes: list[str], candid
         model, info = registry.load_version(name, current)
         fingerprint = registry.download_json(name, current, FINGERPRINT_ARTIFACT)
     except registry.ArtifactMissing as exc:
-        print(f"promote: the champion cannot be scored: {exc}", file=sys.stderr)
+        log.warning("promote: the champion cannot be scored: %s", exc)
         return Champion(current, UNSCORABLE, str(exc))
     if list(info["classes"]) != list(classes):
         return Champion(current, OTHER_LABELS,
@@ -117,17 +121,19 @@ def gate_tags(outcome: Mapping[str, Any]) -> dict[str, str]:
             for key, value in outcome.items() if key not in ("blessed", "reason")}
 
 
-def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
-    pp, dataset = params["promote"], params["dataset"]["name"]
-    metric = pp["metric"]
-    compare = json.loads((paths.compare_dir / "compare.json").read_text(encoding="utf-8"))
+def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Register compare's best, run the gate, move the champion alias when it is blessed; returns
+    (and writes) reports/promotion.json. Reads params `promote` and the data set's name."""
+    promote_params, dataset = params["promote"], params["dataset"]["name"]
+    metric = promote_params["metric"]
+    compare = json.loads(paths.compare_json.read_text(encoding="utf-8"))
     best = compare["best"]
     if best is None:
-        raise SystemExit(f"no architecture has a validation {metric}: nothing to promote (see compare.json)")
+        raise DataError(f"no architecture has a validation {metric}: nothing to promote (see {paths.compare_json})")
     report = json.loads(paths.eval_report(best).read_text(encoding="utf-8"))
-    info = json.loads((paths.model_dir(best) / "train_info.json").read_text(encoding="utf-8"))
+    info = read_train_info(paths.model_dir(best))
     classes = list(info["classes"])
-    policy = policy_from_params(pp, dataset, classes)
+    policy = policy_from_params(promote_params, dataset, classes)
     candidate = float(report["test"][metric])
     candidate_val = (report.get("val") or {}).get(metric)
     candidate_ci = ((report["test"].get("ci95") or {}).get(metric))
@@ -184,15 +190,15 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         "medscan.blessing_reason": decision.reason,
     }
     outcome["champion_before"] = None if before is None else int(before.version)
-    register = registers(pp)
+    register = registers(promote_params)
     if state == ALREADY_CHAMPION:  # keep the tags of the gate that blessed it
         version = champ.version
     elif register:
         version = registry.register(client, name, info["run_id"], {**lineage, **gate_tags(outcome)})
     else:
         version = None
-        print(f"promote: inside `dvc exp run` ({os.environ.get('DVC_EXP_NAME') or 'unnamed'}): the "
-              "registry is left alone (-S promote.register_experiments=true registers)", file=sys.stderr)
+        log.info("promote: inside `dvc exp run` (%s): the registry is left alone "
+                 "(-S promote.register_experiments=true registers)", os.environ.get("DVC_EXP_NAME") or "unnamed")
     if decision.blessed and version is not None:
         registry.set_champion(client, name, version.version)
     after = registry.version_by_alias(client, name, registry.CHAMPION)
@@ -206,19 +212,18 @@ def promote(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     with mlflow.start_run(run_id=info["parent_run_id"]):
         mlflow.set_tags({"medscan.blessed": str(decision.blessed).lower(),
                          "medscan.candidate": f"{name}/{'unregistered' if version is None else version.version}"})
-        mlflow.log_artifact(str(paths.promotion), artifact_path="medscan")
+        mlflow.log_artifact(str(paths.promotion), artifact_path=ARTIFACT_DIR)
         mlflow.log_artifacts(str(paths.compare_dir), artifact_path="compare")
     return outcome
 
 
 def main() -> None:
-    root = project_root()
-    out = promote(Paths(root), load_params(root))
+    out = run_stage("promote", run)
     verdict = "BLESSED" if out["blessed"] else "not blessed"
     version = f"v{out['candidate_version']}" if out["registered"] else "(experiment, not registered)"
     champion = "none" if out["champion_after"] is None else f"v{out['champion_after']}"
-    print(f"{out['model_name']} {version} ({out['candidate_arch']}): {verdict}: "
-          f"{out['reason']}; champion is {champion}", file=sys.stderr)
+    log.info("%s %s (%s): %s: %s; champion is %s", out["model_name"], version, out["candidate_arch"], verdict,
+             out["reason"], champion)
 
 
 if __name__ == "__main__":

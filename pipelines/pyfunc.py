@@ -28,6 +28,7 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
+from pipelines.config import CONTRACT_FILE
 from pipelines.contract import ModelContract, load, save
 
 KERAS, CONTRACT = "keras_model", "contract"       # artifact keys (files artifacts/<name>)
@@ -102,7 +103,7 @@ def log_pyfunc(keras_path: Path, contract: ModelContract, work_dir: Path) -> Any
     """Log the pyfunc as "model" in the active run; returns MLflow's ModelInfo."""
     import pipelines
 
-    contract_path = save(contract, work_dir / "contract.json")
+    contract_path = save(contract, work_dir / CONTRACT_FILE)
     return mlflow.pyfunc.log_model(
         name="model", python_model=MedscanModel(),
         artifacts={KERAS: str(keras_path), CONTRACT: str(contract_path)},

@@ -20,6 +20,10 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from pipelines.cli import exits_on_error
+from pipelines.config import CONTRACT_FILE, TRAIN_INFO_FILE, artifact
+from pipelines.errors import RegistryError
+
 CHAMPION, PREVIOUS = "champion", "previous"
 HISTORY_TAG = "medscan.champion_history"
 # What the registry answers for "no such model" / "no such alias": anything else (a tracking server
@@ -103,7 +107,7 @@ def rollback(client: MlflowClient, name: str) -> str:
     """Give `champion` back to the version it replaced; returns the restored version."""
     history = _history(client, name)
     if len(history) < 2:
-        raise SystemExit(f"{name}: no earlier champion to roll back to (history: {history or 'empty'})")
+        raise RegistryError(f"{name}: no earlier champion to roll back to (history: {history or 'empty'})")
     dropped, restored = history[-1], history[-2]
     client.set_registered_model_alias(name, CHAMPION, restored)
     client.set_model_version_tag(name, dropped, "medscan.rolled_back", "true")
@@ -116,7 +120,7 @@ def rollback(client: MlflowClient, name: str) -> str:
     return restored
 
 
-class ArtifactMissing(RuntimeError):
+class ArtifactMissing(RegistryError, RuntimeError):
     """A registered version whose files are gone from the artifact store (deleted, moved, unreadable).
 
     The message names the model, the version, its run and the missing artifact, so an operator
@@ -168,10 +172,10 @@ def load_served(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any], 
     """
     from pipelines.contract import from_train_info, load
 
-    info = download_json(name, version, "medscan/train_info.json")
+    info = download_json(name, version, artifact(TRAIN_INFO_FILE))
     if info is None:
         where = MlflowClient().get_run(version.run_id).info.artifact_uri
-        raise _missing(name, version, "medscan/train_info.json",
+        raise _missing(name, version, artifact(TRAIN_INFO_FILE),
                        FileNotFoundError(f"not found under {where}: deleted, or never logged"))
     import pipelines.zoo  # noqa: F401  (registers the zoo's custom layers for deserialisation)
 
@@ -180,9 +184,9 @@ def load_served(name: str, version: ModelVersion) -> tuple[Any, dict[str, Any], 
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
             kept = sorted((local / "artifacts").glob("*.keras"))
-            if kept and (local / "artifacts" / "contract.json").exists():
+            if kept and (local / "artifacts" / CONTRACT_FILE).exists():
                 return (pipelines.zoo.load_model(kept[0], compile=False), info,
-                        load(local / "artifacts" / "contract.json"))
+                        load(local / "artifacts" / CONTRACT_FILE))
             model = mlflow.tensorflow.load_model(str(local), keras_model_kwargs={"compile": False})
     except (MlflowException, OSError, ValueError) as exc:
         raise _missing(name, version, f"{uri} (logged model)", exc) from exc
@@ -219,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"registry: no registered model named {name!r} "
                              f"(registered: {', '.join(known) or 'none'})") from None
         if args.command == "rollback":
-            print(f"{name}: champion is now version {rollback(client, name)}")
+            with exits_on_error("registry"):
+                print(f"{name}: champion is now version {rollback(client, name)}")
         print(json.dumps(describe(client, name), indent=2))
     except MlflowException as err:
         first = (err.message.strip().splitlines() or ["MLflow error"])[0]

@@ -34,13 +34,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pipelines import registry, tracking
-from pipelines.config import Paths, load_params, project_root
+from pipelines.config import ARTIFACT_DIR, TRAIN_INFO_FILE, Paths, artifact, load_params, project_root
+from pipelines.errors import RegistryError
 
-TRAIN_INFO = "medscan/train_info.json"      # logged by the train stage next to the model
+TRAIN_INFO = artifact(TRAIN_INFO_FILE)      # logged by the train stage next to the model
 QUERY = re.compile(r"\?[^\s'\"]*")           # a query string carries patient metadata
 
 
-class ChampionUnavailable(RuntimeError):
+class ChampionUnavailable(RegistryError, RuntimeError):
     """The champion cannot be served (none yet, or its artifacts are gone): one line says why."""
 
 
@@ -56,7 +57,7 @@ def missing_artifacts(client: MlflowClient, name: str, version: ModelVersion) ->
 
     missing = []
     try:
-        if TRAIN_INFO not in {a.path for a in client.list_artifacts(version.run_id, "medscan")}:
+        if TRAIN_INFO not in {a.path for a in client.list_artifacts(version.run_id, ARTIFACT_DIR)}:
             missing.append(f"runs:/{version.run_id}/{TRAIN_INFO}")
     except (MlflowException, OSError) as err:
         missing.append(f"runs:/{version.run_id}/{TRAIN_INFO}{why(err)}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,10 +27,15 @@ import numpy as np
 import pandas as pd
 
 from pipelines import dvc_metrics
-from pipelines.config import Paths, load_params, project_root
-from pipelines.manifest import SPLITS, read_manifest, write_manifest
+from pipelines.config import Paths
+from pipelines.checks import validate_splits
+from pipelines.cli import run_stage
+from pipelines.errors import ConfigError, DataError
+from pipelines.manifest import SPLITS, TEST, TRAIN, VAL, read_manifest, write_manifest
 
-GIVEN_TEST = "test"  # the split_hint value that pins a group to the test split
+log = logging.getLogger(__name__)
+
+GIVEN_TEST = TEST  # the split_hint value that pins a group to the test split
 
 
 def group_points(group_ids: Iterable[str], salt: str) -> np.ndarray:
@@ -48,10 +53,10 @@ def _given_test(frame: pd.DataFrame) -> pd.Series:
 
 def dealt_targets(ratios: Mapping[str, Any], given_test: bool) -> dict[str, float]:
     """The ratios the hash deals by: all three, or train/val renormalised when test is given."""
-    names = ("train", "val") if given_test else SPLITS
+    names = (TRAIN, VAL) if given_test else SPLITS
     values = {s: float(ratios[s]) for s in names}
     if any(v < 0 for v in values.values()) or sum(values.values()) <= 0:
-        raise ValueError(f"split ratios must be >= 0 with a positive sum, got {values}")
+        raise ConfigError(f"split ratios must be >= 0 with a positive sum, got {values}")
     total = sum(values.values())
     return {s: v / total for s, v in values.items()}
 
@@ -114,7 +119,7 @@ def split_problems(frame: pd.DataFrame, ratios: Mapping[str, Any], salt: str) ->
     split with a positive target and no image at all. No fallback moves a group, since that would
     break the stability the hash gives: the fix is more cases, or a deliberate re-deal."""
     problems = []
-    train_labels = set(frame.loc[frame["split"] == "train", "label"])
+    train_labels = set(frame.loc[frame["split"] == TRAIN, "label"])
     for label, rows in frame.groupby("label", sort=True):
         if label not in train_labels:
             where = rows.groupby("split")["group_id"].nunique().to_dict()
@@ -135,9 +140,6 @@ def run(paths: Paths, params: Mapping) -> dict:
     frame["split"] = assign_splits(frame, ratios, salt)
     report = split_report(frame, ratios, salt)
     report["problems"] = split_problems(frame, ratios, salt)
-
-    from pipelines.validate import validate_splits  # GE check of the same facts, in Data Docs terms
-
     outcome = validate_splits(frame[["image_id", "group_id", "label", "split"]])
     report["validation_success"] = bool(outcome.success)
     write_manifest(frame, paths.splits)
@@ -145,18 +147,17 @@ def run(paths: Paths, params: Mapping) -> dict:
     paths.split_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     dvc_metrics.write(paths.stage_metrics("split"), dvc_metrics.split(report))
     if report["overlapping_groups"] or report["problems"] or not outcome.success:
-        raise SystemExit("split validation failed:\n" + "".join(f"FAIL {p}\n" for p in report["problems"])
+        raise DataError("split validation failed:\n" + "".join(f"FAIL {p}\n" for p in report["problems"])
                          + outcome.summary())
     return report
 
 
 def main() -> None:
-    root = project_root()
-    report = run(Paths(root), load_params(root))
+    report = run_stage("split", run)
     strat = report["stratification"]
-    print(f"split (salt {report['salt']!r}): {report['sizes']} (groups {report['groups']}), "
-          f"overlapping groups: {report['overlapping_groups']}, largest class deviation from "
-          f"{strat['target']}: {strat['max_abs_deviation_any_class']:.3f}", file=sys.stderr)
+    log.info("split (salt %r): %s (groups %s), overlapping groups: %s, largest class deviation from %s: %.3f",
+             report["salt"], report["sizes"], report["groups"], report["overlapping_groups"],
+             strat["target"], strat["max_abs_deviation_any_class"])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ covered by a dep that names it or a directory above it.
 
 `stage_modules` and `missing_deps` are pure (a root and in-memory stages); `read_stages` asks DVC
 for the resolved stages of a checkout (`foreach` expanded, `${...}` interpolated as `dvc repro` does).
+`upward_imports` finds the other direction's mistake: a module importing a stage module (or a
+command-line module), which tests/test_architecture.py forbids.
 CLI: `python -m pipelines.stage_deps [ROOT]` prints what each stage should add.
 """
 from __future__ import annotations
@@ -166,6 +168,28 @@ def report(root: Path, missing: Mapping[str, Sequence[str]]) -> str:
         lines += [f"  - {entry}" for entry in suggested_deps(root, sorted(files))]
         lines.append(f"    (imported, not covered: {', '.join(sorted(files))})")
     return "\n".join(lines)
+
+
+def entry_modules(stages: Mapping[str, StageCode]) -> set[str]:
+    """Every module a stage command runs (`python -m X`): the stage modules, straight from dvc.yaml."""
+    return {m for s in stages.values() for m in command_modules(s.cmd)}
+
+
+def upward_imports(root: Path, entries: Iterable[str], package: str = "pipelines") -> dict[str, list[str]]:
+    """Per module of `package`, the entry modules (stages, command-line tools) it imports directly.
+
+    Entry modules are leaves: shared code lives in libraries beside them, so an entry module that
+    another module imports is a dependency pointing the wrong way (a stage that imports a stage
+    reruns with, and breaks with, code that is not its own). Empty when the direction is right.
+    """
+    wanted = set(entries)
+    found: dict[str, list[str]] = {}
+    for path in sorted((root / package).rglob("*.py")):
+        name = _module_name(root, path)
+        bad = sorted((imported_modules(root, path) & wanted) - {name})
+        if bad:
+            found[name] = bad
+    return found
 
 
 def read_stages(root: Path | str) -> dict[str, StageCode]:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.config import Paths, load_params, project_root
+from pipelines.config import COMPARE_HTML, Paths, load_params, project_root
 
 
 def _setting(params: Mapping[str, Any], dotted: str) -> Any:
@@ -70,7 +70,7 @@ def no_champion_lines(promotion: Mapping[str, Any], params: Mapping[str, Any] | 
 
 def summary(paths: Paths, params: Mapping[str, Any] | None = None) -> str:
     promotion = json.loads(paths.promotion.read_text(encoding="utf-8"))
-    compare = json.loads((paths.compare_dir / "compare.json").read_text(encoding="utf-8"))
+    compare = json.loads(paths.compare_json.read_text(encoding="utf-8"))
     split = json.loads(paths.split_report.read_text(encoding="utf-8"))
     metric = promotion["metric"]
     lines = [
@@ -89,7 +89,7 @@ def summary(paths: Paths, params: Mapping[str, Any] | None = None) -> str:
     lines += [
         f"    {'majority-class baseline':<24} accuracy {baseline['accuracy']:.3f}  balanced accuracy "
         f"{baseline['balanced_accuracy']:.3f}",
-        f"  comparison report: {paths.compare_dir / 'compare.html'}",
+        f"  comparison report: {paths.compare_dir / COMPARE_HTML}",
         f"  data validation:   {paths.data_docs} (Great Expectations Data Docs), quarantine: {paths.quarantine}",
         f"  MLflow UI:         make mlflow-ui   (or: .venv/bin/mlflow ui --backend-store-uri sqlite:///{paths.mlflow_db})",
         f"  predict:           .venv/bin/python -m pipelines.serve IMAGE.jpg   (top-5 from the champion)",

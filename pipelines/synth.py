@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines.cli import setup_logging
 from pipelines.config import load_params, project_root, resolve
+
+log = logging.getLogger(__name__)
 
 SKIN = np.array([222.0, 178.0, 150.0])
 
@@ -230,12 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images-per-class", type=int)
     parser.add_argument("--image-size", type=int)
     args = parser.parse_args(argv)
+    setup_logging()
     root = project_root()
     demo = load_params(root)["demo"]
     out = resolve(root, args.out or demo["out"])
     counts = make_all(out, args.images_per_class or demo["images_per_class"],
                       args.image_size or demo["image_size"], demo["seed"])
-    print(f"synthetic demo data in {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    log.info("synthetic demo data in %s: %s", out, ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,9 @@ champion's weights.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -23,17 +20,23 @@ import numpy as np
 import pandas as pd
 
 from pipelines import finetune, tracking, warm_start
-from pipelines.config import Paths, load_params, project_root
+from pipelines.candidate import save_candidate
+from pipelines.cli import run_arch_stage
+from pipelines.config import ARTIFACT_DIR, Paths
 from pipelines.contract import from_train_info
 from pipelines.contract import save as save_contract
 from pipelines.data import make_dataset, steps_per_epoch
 from pipelines.datasets import get_adapter
+from pipelines.errors import ConfigError
 from pipelines.features import encode_metadata, metadata_layout
 from pipelines.fingerprint import training_fingerprint, write_fingerprint
 from pipelines.losses import class_weights, make_loss
 from pipelines.manifest import read_labels, read_splits
 from pipelines.schedules import learning_rate
-from pipelines.zoo import build_model, input_size
+from pipelines.zoo import build_model, split_image_size
+
+log = logging.getLogger(__name__)
+
 
 def model_inputs_info(dataset: str, use_metadata: bool) -> dict[str, Any]:
     """How metadata is encoded for this data set (saved with the model so serving matches)."""
@@ -45,6 +48,9 @@ def model_inputs_info(dataset: str, use_metadata: bool) -> dict[str, Any]:
 
 
 def split_inputs(frame: pd.DataFrame, info: Mapping[str, Any]) -> np.ndarray | None:
+    """The training rows' metadata matrix (None for an image-only model). Not inference.metadata_for:
+    that one checks rows against a finished model's contract, which does not exist yet here, and
+    ingest has already bounded these rows."""
     if not info["metadata_columns"]:
         return None
     return encode_metadata(frame, info["metadata_columns"], info["categorical_values"])
@@ -63,28 +69,31 @@ def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
     return {f"{prefix}.{k}": str(v) for k, v in values.items()}
 
 
-def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Train `arch`, write models/<arch>/, log to MLflow; returns train_info."""
-    tp, dataset = params["train"], params["dataset"]["name"]
+def run(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Train `arch`, write models/<arch>/, log to MLflow; returns train_info (or the skipped marker).
+    Reads params `train`, `augment`, `evaluate.tta`, `zoo.<arch>` and the data set's name."""
+    train_params, dataset = params["train"], params["dataset"]["name"]
+    if arch not in (params.get("zoo") or {}):
+        raise ConfigError(f"no zoo entry {arch!r} in params.yaml; known: {sorted(params.get('zoo') or {})}")
     classes = read_labels(paths.labels)
     start = warm_start.resolve(arch, paths, params, classes)  # None: an ordinary zoo architecture
     if isinstance(start, warm_start.Skip):
         return warm_start.write_skipped(paths, arch, start.reason)
     if start is None:
-        spec, size = input_size(params["zoo"][arch], int(tp["image_size"]))
-        info = model_inputs_info(dataset, bool(tp["use_metadata"]))
+        spec, size = split_image_size(params["zoo"][arch], int(train_params["image_size"]))
+        info = model_inputs_info(dataset, bool(train_params["use_metadata"]))
     else:
-        tp, spec, size, info = start.train_params, start.spec, start.image_size, start.inputs_info
-    keras.utils.set_random_seed(int(tp["seed"]))
+        train_params, spec, size, info = start.train_params, start.spec, start.image_size, start.inputs_info
+    keras.utils.set_random_seed(int(train_params["seed"]))
     frames = read_splits(paths)
-    batch = int(tp["batch_size"])
+    batch = int(train_params["batch_size"])
 
-    sampling = str(tp.get("sampling", "natural"))
+    sampling = str(train_params.get("sampling", "natural"))
 
     def dataset_for(split: str, training: bool):
         return make_dataset(frames[split], paths.root, classes, size, batch,
                             metadata=split_inputs(frames[split], info), training=training,
-                            augment=params["augment"] if training else None, seed=int(tp["seed"]),
+                            augment=params["augment"] if training else None, seed=int(train_params["seed"]),
                             sampling=sampling if training else "natural")
 
     train_ds, val_ds = dataset_for("train", True), dataset_for("val", False)
@@ -92,20 +101,20 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
     y_train = frames["train"]["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     # Balanced sampling already equalises the classes the model sees; weighting on top would
     # square the correction, so class weights apply to natural sampling only.
-    weighted = bool(tp["class_weighting"]) and sampling == "natural"
+    weighted = bool(train_params["class_weighting"]) and sampling == "natural"
     weights = class_weights(y_train, len(classes)) if weighted else None
-    schedule = learning_rate(tp, steps)
+    schedule = learning_rate(train_params, steps)
 
     # mixed_bfloat16: bf16 compute, float32 weights and softmax (zoo heads); the policy is saved
     # with every layer, so evaluate and serve run the model the way it was trained.
-    keras.mixed_precision.set_global_policy(tp.get("mixed_precision") or "float32")
+    keras.mixed_precision.set_global_policy(train_params.get("mixed_precision") or "float32")
     model = start.model if start else build_model(spec, (size, size, 3), len(classes),
                                                   len(info["metadata_features"]))
     model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=make_loss(tp["loss"], gamma=float(tp.get("focal_gamma", 2.0)),
-                                 label_smoothing=float(tp.get("label_smoothing", 0.0))),
-                  metrics=["accuracy"], jit_compile=bool(tp.get("jit_compile", False)),
-                  steps_per_execution=int(tp.get("steps_per_execution", 1)))
+                  loss=make_loss(train_params["loss"], gamma=float(train_params.get("focal_gamma", 2.0)),
+                                 label_smoothing=float(train_params.get("label_smoothing", 0.0))),
+                  metrics=["accuracy"], jit_compile=bool(train_params.get("jit_compile", False)),
+                  steps_per_execution=int(train_params.get("steps_per_execution", 1)))
 
     experiment = tracking.configure(paths, dataset)
     key, run_name, named = tracking.execution(dataset, tracking.file_digest(paths.splits), params)
@@ -117,25 +126,25 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
                          "medscan.dataset": dataset})
         if start:
             warm_start.record(start, paths, arch)
-        mlflow.log_params({**flat_params("train", tp), **flat_params("augment", params["augment"]),
+        mlflow.log_params({**flat_params("train", train_params), **flat_params("augment", params["augment"]),
                            **flat_params("zoo", spec), "dataset": dataset, "arch": arch,
                            **{f"split.{k}_size": len(v) for k, v in frames.items()},
                            "num_classes": len(classes), "params_count": model.count_params()})
         tracking.log_split_datasets(frames, dataset, paths.splits)
         callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(tp["early_stopping_patience"]),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(train_params["early_stopping_patience"]),
                                           restore_best_weights=True),
             MlflowEpochLogger(),
         ]
         if isinstance(schedule, float):  # a plateau rule cannot rewrite a schedule
             callbacks.insert(1, keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=float(tp["reduce_lr_factor"]),
-                patience=int(tp["reduce_lr_patience"]), min_lr=float(tp.get("min_lr", 1e-6))))
+                monitor="val_loss", factor=float(train_params["reduce_lr_factor"]),
+                patience=int(train_params["reduce_lr_patience"]), min_lr=float(train_params.get("min_lr", 1e-6))))
         started = time.perf_counter()
         # A warm start continues the champion as it was saved (its frozen layers stay frozen):
         # no second head-only phase.
         history = finetune.fit(model, {} if start else spec, train_ds, validation_data=val_ds,
-                               epochs=int(tp["epochs"]), class_weight=weights, callbacks=callbacks, verbose=2,
+                               epochs=int(train_params["epochs"]), class_weight=weights, callbacks=callbacks, verbose=2,
                                shuffle=False,  # train_ds shuffles itself (pipelines.data); Keras warns otherwise
                                steps_per_epoch=steps if sampling == "balanced" else None)
         seconds = time.perf_counter() - started
@@ -150,31 +159,21 @@ def train(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
             "split_sizes": {k: len(v) for k, v in frames.items()},
             "sampling": sampling, "tta": str(params.get("evaluate", {}).get("tta", "none")),
         }
-        model.save(out / "model.keras")
-        (out / "history.json").write_text(json.dumps(hist, indent=1) + "\n", encoding="utf-8")
-        (out / "train_info.json").write_text(json.dumps(train_info, indent=2) + "\n", encoding="utf-8")
         mlflow.log_metrics({"train_seconds": seconds, "epochs_run": len(hist["loss"])})
-        mlflow.log_artifact(str(out / "train_info.json"), artifact_path="medscan")
-        mlflow.log_artifact(str(out / "history.json"), artifact_path="medscan")
-        contract = save_contract(from_train_info(train_info, params), out / "contract.json")
-        mlflow.log_artifact(str(contract), artifact_path="medscan")
+        save_candidate(paths, arch, model, hist, train_info)
+        contract = save_contract(from_train_info(train_info, params), paths.contract(arch))
+        mlflow.log_artifact(str(contract), artifact_path=ARTIFACT_DIR)
         # sha256 of every train+val image: the promotion gate never compares on these.
         fingerprint = write_fingerprint(paths.train_fingerprint(arch), training_fingerprint(frames))
-        mlflow.log_artifact(str(fingerprint), artifact_path="medscan")
+        mlflow.log_artifact(str(fingerprint), artifact_path=ARTIFACT_DIR)
     return train_info
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train one architecture (params.yaml zoo entry).")
-    parser.add_argument("--arch", required=True)
-    args = parser.parse_args(argv)
-    root = project_root()
-    info = train(args.arch, Paths(root), load_params(root))
-    if "skipped" in info:
-        print(f"skipped {args.arch}: {info['skipped']}", file=sys.stderr)
-        return
-    print(f"trained {args.arch}: {info['epochs_run']} epochs in {info['train_seconds']:.1f} s "
-          f"(run {info['run_id']})", file=sys.stderr)
+    if done := run_arch_stage("train", "Train one architecture (params.yaml zoo entry).", run, argv):
+        arch, info = done
+        log.info("trained %s: %d epochs in %.1f s (run %s)", arch, info["epochs_run"],
+                 info["train_seconds"], info["run_id"])
 
 
 if __name__ == "__main__":

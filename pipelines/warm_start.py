@@ -63,9 +63,13 @@ def is_candidate(spec: Mapping[str, Any]) -> bool:
 
 
 def fine_tune_params(tp: Mapping[str, Any]) -> dict[str, Any]:
-    """`train:` with epochs and learning rate scaled by the warm-start factors (at least 1 epoch)."""
+    """`train:` with epochs and learning rate scaled by the warm-start factors (at least 1 epoch).
+
+    No warm-up: it exists to protect freshly initialised weights, and a champion's are trained
+    (a cosine schedule then decays from the scaled rate over the short run).
+    """
     epochs = max(1, round(int(tp["epochs"]) * float(tp["warm_start_epochs_factor"])))
-    return {**tp, "epochs": epochs,
+    return {**tp, "epochs": epochs, "warmup_epochs": 0,
             "learning_rate": float(tp["learning_rate"]) * float(tp["warm_start_lr_factor"])}
 
 

@@ -201,7 +201,7 @@ def test_skipped_when_off_or_too_few_members(project, change, reason):
     marker = assemble.run(paths, {**params, **change})
     assert marker["arch"] == ENSEMBLE and reason in marker["skipped"]
     assert sorted(p.name for p in stale.iterdir()) == ["skipped.json"]  # nothing stale to evaluate
-    report = evaluate.evaluate(ENSEMBLE, paths, {"evaluate": {}})
+    report = evaluate.run(ENSEMBLE, paths, {"evaluate": {}})
     assert report == {"skipped": marker["skipped"], "arch": ENSEMBLE}
     assert json.loads(paths.eval_report(ENSEMBLE).read_text()) == report
     assert paths.eval_report(ENSEMBLE) == paths.root / "derived" / "reports" / "evaluate" / "ensemble.json"

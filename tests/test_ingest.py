@@ -31,7 +31,7 @@ from pipelines import ingest as ingest_module
 from pipelines.bounds import CaseBounds
 from pipelines.config import Paths
 from pipelines.ingest import IngestSummary, ingest
-from pipelines.intake import CASES_COLUMNS, ensure_intake_dir
+from pipelines.cases import CASES_COLUMNS, ensure_intake_dir
 from pipelines.manifest import CORE_COLUMNS, read_labels, read_manifest, read_quarantine
 
 PARAMS = {"store_max_side": 32, "workers": 1}

@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines import registry
+from pipelines.errors import RegistryError
 from pipelines.fingerprint import training_fingerprint, write_fingerprint
 from pipelines.gate import (COMPARED, NO_CHAMPION, OTHER_LABELS, UNSCORABLE, Comparison, Policy,
                             compare_models, decide, fair_test_images, policy_from_params)
@@ -198,7 +199,7 @@ def test_champion_previous_and_rollback(tmp_path, mlflow_store):
 
     assert registry.rollback(client, name) == versions[0]
     assert registry.version_by_alias(client, name, "previous") is None
-    with pytest.raises(SystemExit):
+    with pytest.raises(RegistryError, match="no earlier champion"):
         registry.rollback(client, name)
 
     model, info = registry.load_version(name, registry.version_by_alias(client, name, "champion"))
@@ -262,7 +263,7 @@ def _candidate(root: Path, arch: str, seed: int, fingerprint: dict) -> None:
 @pytest.mark.slow
 def test_promote_first_champion_fair_comparison_and_unscorable_champion(tmp_path, monkeypatch):
     from pipelines.config import Paths
-    from pipelines.promote import promote
+    from pipelines.promote import run as promote
     from pipelines.manifest import read_splits
 
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import Paths
+from pipelines.errors import DataError
 from pipelines.manifest import SPLITS, read_manifest, write_manifest
 from pipelines.split import assign_splits, group_points, run, split_problems, split_report
 
@@ -210,7 +211,7 @@ def test_stage_writes_splits_and_report(tmp_path):
 
 def test_stage_fails_clearly_when_a_class_cannot_train(tmp_path):
     paths = stage_project(tmp_path, tiny_frame())
-    with pytest.raises(SystemExit, match="FAIL class 'x' has no training image"):
+    with pytest.raises(DataError, match="FAIL class 'x' has no training image"):
         run(paths, {"split": {**RATIOS, "salt": SALT}})
     report = json.loads(paths.split_report.read_text())   # written anyway, for the user to read
     assert report["validation_success"] is False and report["problems"]

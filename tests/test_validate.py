@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from browser import offline_browser, open_offline
-from pipelines import datadocs
+from pipelines import checks, datadocs
 from pipelines import validate as v
 from pipelines.bounds import CaseBounds
 from pipelines.manifest import CORE_COLUMNS, QUARANTINE_COLUMNS, write_labels, write_manifest
@@ -49,15 +49,15 @@ def make_manifest(classes: tuple[str, ...] = CLASSES, per_class: int = PER_CLASS
     return pd.DataFrame(rows)
 
 
-def failed_titles(outcome: v.ValidationOutcome) -> set[str]:
+def failed_titles(outcome: checks.ValidationOutcome) -> set[str]:
     return {r["title"] for r in outcome.results if not r["success"]}
 
 
-def run_ham(df: pd.DataFrame, **kwargs) -> v.ValidationOutcome:
+def run_ham(df: pd.DataFrame, **kwargs) -> checks.ValidationOutcome:
     kwargs.setdefault("labels", list(CLASSES))
     kwargs.setdefault("quarantine", quarantine_frame([]))
     classes = kwargs.pop("classes", CLASSES)
-    return v.validate_manifest(df, "ham10000", classes, CATEGORICAL, PARAMS, **kwargs)
+    return checks.validate_manifest(df, "ham10000", classes, CATEGORICAL, PARAMS, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def run_ham(df: pd.DataFrame, **kwargs) -> v.ValidationOutcome:
 def test_clean_manifest_passes_every_expectation() -> None:
     outcome = run_ham(make_manifest())
     assert outcome.success, outcome.summary()
-    assert outcome.evaluated == len(v.load_suite("ham10000")["expectations"])
+    assert outcome.evaluated == len(checks.load_suite("ham10000")["expectations"])
     assert outcome.failed == 0
     assert outcome.rows == len(CLASSES) * PER_CLASS
     assert {r["batch"] for r in outcome.results} == {"manifest", "class_counts", "quarantine_rate", "labels"}
@@ -183,14 +183,14 @@ def test_empty_manifest_fails() -> None:
 
 def test_row_level_bounds_come_from_the_one_bounds_definition() -> None:
     df = make_manifest()  # every image is 600x450
-    outcome = v.validate_manifest(df, "ham10000", CLASSES, CATEGORICAL, PARAMS, labels=list(CLASSES),
+    outcome = checks.validate_manifest(df, "ham10000", CLASSES, CATEGORICAL, PARAMS, labels=list(CLASSES),
                                   bounds=CaseBounds(max_side=500))
     assert failed_titles(outcome) == {"width within bounds [min_side, max_side]"}
 
 
 def test_bounds_in_the_validate_section_are_refused() -> None:
     with pytest.raises(ValueError, match="moved to the `bounds:` section"):
-        v.manifest_parameters(CLASSES, {}, {**PARAMS, "age_range": [0, 120]})
+        checks.manifest_parameters(CLASSES, {}, {**PARAMS, "age_range": [0, 120]})
 
 
 def quarantine_frame(reasons: list[str]) -> pd.DataFrame:
@@ -225,11 +225,11 @@ def test_exact_duplicates_and_encoding_notes_lose_nothing_and_do_not_count() -> 
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_suite_files_are_parameterised_and_valid(name: str) -> None:
-    suite = v.load_suite(name)
+    suite = checks.load_suite(name)
     assert suite["name"] == name
-    needed = v.suite_parameter_names(suite)
+    needed = checks.suite_parameter_names(suite)
     categorical = CATEGORICAL if name == "ham10000" else {}
-    assert needed <= set(v.manifest_parameters(CLASSES, categorical, PARAMS))
+    assert needed <= set(checks.manifest_parameters(CLASSES, categorical, PARAMS))
     assert {"classes", "min_side", "max_side", "min_images_per_class", "max_quarantine_rate"} <= needed
     # No class list is repeated in a suite: the label expectations take $PARAMETER classes.
     label_sets = [e["kwargs"]["value_set"] for e in suite["expectations"]
@@ -238,14 +238,14 @@ def test_suite_files_are_parameterised_and_valid(name: str) -> None:
                               for s in label_sets)
     # The non-HAM suites validate a metadata-free manifest from end to end.
     if name != "ham10000":
-        outcome = v.validate_manifest(make_manifest(metadata=False), name, CLASSES, {}, PARAMS,
+        outcome = checks.validate_manifest(make_manifest(metadata=False), name, CLASSES, {}, PARAMS,
                                       labels=list(CLASSES))
         assert outcome.success, outcome.summary()
 
 
 def test_missing_parameter_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="sex_values"):
-        v.validate_manifest(make_manifest(), "ham10000", CLASSES, {"localization": ("back",)}, PARAMS)
+        checks.validate_manifest(make_manifest(), "ham10000", CLASSES, {"localization": ("back",)}, PARAMS)
 
 
 def test_invalid_expectation_in_a_suite_file_raises(tmp_path: Path) -> None:
@@ -255,12 +255,12 @@ def test_invalid_expectation_in_a_suite_file_raises(tmp_path: Path) -> None:
     ]}
     (tmp_path / "broken.json").write_text(json.dumps(suite), encoding="utf-8")
     with pytest.raises(ValueError, match="expectation 1"):
-        v.validate_manifest(make_manifest(), "broken", CLASSES, {}, PARAMS, suite_dir=tmp_path)
+        checks.validate_manifest(make_manifest(), "broken", CLASSES, {}, PARAMS, suite_dir=tmp_path)
 
 
 def test_unknown_data_set_names_the_missing_suite(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="isic"):
-        v.load_suite("isic", tmp_path)
+        checks.load_suite("isic", tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def make_splits() -> pd.DataFrame:
 
 
 def test_clean_splits_pass() -> None:
-    outcome = v.validate_splits(make_splits())
+    outcome = checks.validate_splits(make_splits())
     assert outcome.success, outcome.summary()
     assert {r["batch"] for r in outcome.results} == {"splits", "split_groups", "split_classes"}
 
@@ -283,7 +283,7 @@ def test_clean_splits_pass() -> None:
 def test_group_on_two_sides_of_a_split_is_caught() -> None:
     df = make_splits()
     df.loc[df.index[df["group_id"] == "mel_lesion_0"][0], "split"] = "train"  # the other image stays in test
-    outcome = v.validate_splits(df)
+    outcome = checks.validate_splits(df)
     assert failed_titles(outcome) == {"each group_id in exactly one split"}
     assert "1 unexpected (e.g. 2 (group_id=mel_lesion_0))" in outcome.summary()
 
@@ -291,17 +291,17 @@ def test_group_on_two_sides_of_a_split_is_caught() -> None:
 def test_unknown_split_name_is_caught() -> None:
     df = make_splits()
     df.loc[0, "split"] = "holdout"
-    assert "split in {train, val, test}" in failed_titles(v.validate_splits(df))
+    assert "split in {train, val, test}" in failed_titles(checks.validate_splits(df))
 
 
 def test_class_missing_from_train_is_caught() -> None:
     df = make_splits()
     df.loc[df["label"] == "nv", "split"] = "test"
-    outcome = v.validate_splits(df)
+    outcome = checks.validate_splits(df)
     assert failed_titles(outcome) == {"every class present in train"}
     assert "0 (label=nv)" in outcome.summary()
     # A known class with no rows at all also fails when the class set is given.
-    outcome = v.validate_splits(make_splits(), classes=(*CLASSES, "bcc"))
+    outcome = checks.validate_splits(make_splits(), classes=(*CLASSES, "bcc"))
     assert "0 (label=bcc)" in outcome.summary()
 
 
@@ -415,8 +415,8 @@ def test_main_exits_nonzero_with_summary_on_failure(tmp_path: Path) -> None:
 
 
 def test_core_columns_parameter_tracks_the_manifest_contract() -> None:
-    assert v.manifest_parameters(CLASSES, {}, PARAMS)["core_columns"] == list(CORE_COLUMNS)
-    assert v.manifest_parameters(CLASSES, CATEGORICAL, PARAMS)["sex_values"] == ["male", "female", "unknown"]
+    assert checks.manifest_parameters(CLASSES, {}, PARAMS)["core_columns"] == list(CORE_COLUMNS)
+    assert checks.manifest_parameters(CLASSES, CATEGORICAL, PARAMS)["sex_values"] == ["male", "female", "unknown"]
 
 
 def test_subset_copies_validate_when_all_classes_are_not_required():
@@ -427,13 +427,13 @@ def test_subset_copies_validate_when_all_classes_are_not_required():
              "width": 64, "height": 64, "source": "dermnet", "split_hint": "train"} for n in range(40)]
     frame = pd.DataFrame(rows)
     params = {"min_images_per_class": 5, "max_quarantine_rate": 0.05}
-    strict = v.validate_manifest(frame, "dermnet", known, {}, params, labels=["a", "b"])
+    strict = checks.validate_manifest(frame, "dermnet", known, {}, params, labels=["a", "b"])
     assert not strict.success and "c" in strict.summary()
-    lenient = v.validate_manifest(frame, "dermnet", known, {}, {**params, "require_all_classes": False},
+    lenient = checks.validate_manifest(frame, "dermnet", known, {}, {**params, "require_all_classes": False},
                                 labels=["a", "b"])
     assert lenient.success, lenient.summary()
     frame.loc[0, "label"] = "zzz"  # an unknown label still fails
-    bad = v.validate_manifest(frame, "dermnet", known, {}, {**params, "require_all_classes": False},
+    bad = checks.validate_manifest(frame, "dermnet", known, {}, {**params, "require_all_classes": False},
                             labels=["a", "b", "zzz"])
     assert not bad.success
 
@@ -445,7 +445,7 @@ def test_subset_copies_validate_when_all_classes_are_not_required():
 def test_impossible_age_and_oversize_cases_are_quarantined_and_validation_passes(tmp_path: Path) -> None:
     from ingest_factories import bomb_png, ham_row, image_bytes, write, write_ham, write_labels_csv
     from pipelines.ingest import ingest
-    from pipelines.intake import intake, intake_dir_for
+    from pipelines.intake import intake
     from pipelines.config import Paths
     from pipelines.manifest import read_quarantine
 
@@ -471,13 +471,13 @@ def test_impossible_age_and_oversize_cases_are_quarantined_and_validation_passes
                             ("g2.jpg", "nv", "HAM_N2", "", "", ""),
                             ("old.jpg", "mel", "HAM_N3", "500", "female", "face"),
                             ("wide.png", "nv", "HAM_N4", "40", "male", "back")])
-    taken = intake(drop, intake_dir_for(paths), "ham10000", paths.manifest, bounds=bounds)
+    taken = intake(drop, paths.intake, "ham10000", paths.manifest, bounds=bounds)
     assert {e.source_path: str(e.reason) for e in taken.quarantined} == {
         "old.jpg": "age_out_of_range", "wide.png": "too_large"}
     assert len(taken.accepted) == 2
 
     summary = ingest("ham10000", source, paths, {"store_max_side": 32, "workers": 1},
-                     intake_dir_for(paths), bounds)
+                     paths.intake, bounds)
     quarantine = read_quarantine(paths.quarantine)
     assert dict(zip(quarantine["source_path"], quarantine["reason"])) == {
         "images/ISIC_0000041.jpg": "age_out_of_range", "images/ISIC_0000042.jpg": "too_large"}
@@ -489,7 +489,7 @@ def test_impossible_age_and_oversize_cases_are_quarantined_and_validation_passes
         f"intake/{c['file']}" for c in taken.accepted}
     assert set(manifest["source_path"]) == expected
 
-    outcome = v.run(root, params)
+    outcome = v.run(paths, params)
     assert outcome.success, outcome.summary()
     assert outcome.quarantine["quarantined"] == 2 and outcome.quarantine["offered"] == 44
     metrics = json.loads(paths.validation.read_text(encoding="utf-8"))

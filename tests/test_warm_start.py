@@ -16,11 +16,11 @@ from mlflow import MlflowClient
 
 from pipelines import registry, warm_start
 from pipelines.config import Paths, load_params
-from pipelines.evaluate import evaluate
+from pipelines.evaluate import run as evaluate
 from pipelines.ingest import ingest
 from pipelines.manifest import read_manifest, write_labels, write_manifest
 from pipelines.synth import make_ham10000
-from pipelines.train import train
+from pipelines.train import run as train
 from pipelines.zoo import load_model
 from tests.conftest import PROJECT
 
@@ -132,3 +132,17 @@ def test_fine_tune_schedule():
     tuned = warm_start.fine_tune_params(tp)
     assert tuned["epochs"] == 4 and tuned["learning_rate"] == pytest.approx(1e-4)
     assert warm_start.fine_tune_params({**tp, "epochs": 2})["epochs"] == 1
+
+
+def test_fine_tune_schedule_has_no_warmup():
+    """A cosine recipe's warm-up (here as long as the whole warm start) must not make the
+    schedule invalid: the champion's weights are trained, so the warm start decays from its rate."""
+    from pipelines.schedules import learning_rate
+
+    tp = {"epochs": 10, "learning_rate": 1e-3, "warm_start_epochs_factor": 0.2,
+          "warm_start_lr_factor": 0.1, "lr_schedule": "cosine", "warmup_epochs": 2, "min_lr": 1e-6}
+    tuned = warm_start.fine_tune_params(tp)
+    assert tuned["epochs"] == 2 and tuned["warmup_epochs"] == 0
+    schedule = learning_rate(tuned, steps_per_epoch=10)
+    assert float(schedule(0)) == pytest.approx(1e-4)
+    assert float(schedule(20)) == pytest.approx(1e-6, rel=1e-3)

@@ -266,6 +266,8 @@ def test_the_app_answers_what_the_serving_path_answers(adapter):
             assert np.allclose([t["probability"] for t in answer], [t["probability"] for t in served["top"]],
                                atol=1e-5)
         assert alone.abstain == served["abstain"] == batched["abstain"]
+    # A second pass reads the memoised metadata encoding: the same answers, row for row.
+    assert adapter._score(prepared[::-1]) == together[::-1]
 
 
 def test_abstention_threshold_is_the_contracts_else_the_params_fallback(tmp_path):

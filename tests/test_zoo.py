@@ -16,7 +16,7 @@ import tensorflow as tf
 import yaml
 
 from pipelines import zoo
-from pipelines.zoo import BACKBONES, BUILDERS, build_model, custom_cnn, input_size, keras_apps
+from pipelines.zoo import BACKBONES, BUILDERS, build_model, custom_cnn, keras_apps, split_image_size
 from pipelines.zoo.heads import SoftAttention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,7 +299,7 @@ def test_params_yaml_zoo_entries_build_at_the_training_size() -> None:
     for arch, entry in params["zoo"].items():
         if entry.get("builder") == "warm_start":  # no family: the registry champion's model
             continue
-        spec, size = input_size(entry, params["train"]["image_size"])
+        spec, size = split_image_size(entry, params["train"]["image_size"])
         model = build_model(spec, (size, size, 3), NUM_CLASSES, META, name=arch)
         assert model.name == arch
         assert model.output.shape == (None, NUM_CLASSES)

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.folders import FolderBusy, folder_lock, write_atomic
-from pipelines.intake import FORMAT_EXTENSIONS
-from pipelines.intake import LABELS_FILE as LABELS
+from pipelines.cases import FORMAT_EXTENSIONS
+from pipelines.cases import LABELS_FILE as LABELS
 
 COLUMNS = ("file", "label", "group_id", "age", "sex", "localization")
 SUBFOLDER = "medscan-app"          # cases from the app, apart from other deliveries

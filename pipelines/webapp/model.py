@@ -16,6 +16,7 @@ threads, so uploads are decoded in parallel and only the model call is serialise
 """
 from __future__ import annotations
 
+import functools
 import io
 import queue
 import threading
@@ -40,8 +41,8 @@ __all__ = ["InvalidInput", "MicroBatcher", "ModelAdapter", "Prediction", "Prepar
 
 @dataclass(frozen=True)
 class Prepared:
-    """One upload ready for the model: pixels at model size, the checked metadata (encoded per
-    batch: pandas costs per call, not per row), the original bytes (for the heat map) and the
+    """One upload ready for the model: pixels at model size, the checked metadata (encoded in the
+    batch, memoised per distinct record), the original bytes (for the heat map) and the
     detected format (intake file name)."""
 
     pixels: np.ndarray            # uint8 [S, S, 3] (model_inputs.image_pixels)
@@ -134,6 +135,9 @@ class ModelAdapter:
         self.predictor = predictor
         self.top_k = int(serve.get("top_k", 5))
         self._traced = _Traced(predictor.model)
+        # Checked metadata -> training's encoding, memoised: the pandas path costs ~1 ms a call and
+        # uploads repeat the same few (age, sex, site) values; bounded, in memory only.
+        self._encoded = functools.lru_cache(maxsize=1024)(self._encode_one)
         self._preparing = 0   # uploads being decoded: the batcher waits for them, not for nobody
         self._count_lock = threading.Lock()
         self.batcher = MicroBatcher(self._score, float(serve.get("batch_window_ms", 3)) / 1000.0,
@@ -216,11 +220,18 @@ class ModelAdapter:
     def _score(self, batch: Sequence[Prepared]) -> list[dict[str, Any]]:
         """The batch path: one model call for the batch, calibrated, read by `answers`."""
         inputs = {"image": np.stack([p.pixels for p in batch]).astype(np.float32)}
-        features = metadata_matrix(self.contract, pd.DataFrame([dict(p.metadata) for p in batch]))
-        if features is not None and features.shape[1] > 0:
-            inputs["metadata"] = features.astype(np.float32)
+        columns = self.contract.metadata_columns
+        if columns:
+            features = np.stack([self._encoded(tuple(p.metadata.get(c) for c in columns)) for p in batch])
+            if features.shape[1] > 0:
+                inputs["metadata"] = features.astype(np.float32)
         probs = predict_inputs(self._traced, self.contract, inputs, batch_size=max(len(batch), 1))
         return answers(self.contract, apply_temperature(probs, self.contract.temperature), self.top_k)
+
+    def _encode_one(self, values: tuple[Any, ...]) -> np.ndarray:
+        """One checked metadata record (values in contract order) encoded as training encoded it."""
+        frame = pd.DataFrame([dict(zip(self.contract.metadata_columns, values))])
+        return metadata_matrix(self.contract, frame)[0]
 
     # --- outputs ------------------------------------------------------------------------------
     def predict(self, prepared: Prepared) -> Prediction:

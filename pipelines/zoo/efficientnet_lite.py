@@ -119,9 +119,13 @@ def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, act: boo
     return layers.ReLU(max_value=6.0, name=f"{name}_activation")(x) if act else x
 
 
-def backbone(x: Any, variant: str = "lite0", *, drop_connect_rate: float = 0.2) -> Any:
-    """Preprocessing, stem, MBConv blocks and the 1x1 top conv on ``x`` (raw [0, 255] RGB)."""
-    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="preprocess")(x)
+def preprocess(x: Any) -> Any:
+    """Raw [0, 255] RGB -> (x - 127) / 128, the input the TF checkpoints were trained on."""
+    return layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="preprocess")(x)
+
+
+def stack(x: Any, variant: str = "lite0", *, drop_connect_rate: float = 0.2) -> Any:
+    """Stem, MBConv blocks and the 1x1 top conv on the preprocessed image ``x``."""
     x = _conv_bn(x, STEM_FILTERS, 3, 2, "stem", act=True)
     specs = block_specs(variant)
     for i, spec in enumerate(specs):
@@ -140,6 +144,11 @@ def backbone(x: Any, variant: str = "lite0", *, drop_connect_rate: float = 0.2) 
                 x = layers.Dropout(rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(x)
             x = layers.Add(name=f"{name}_add")([x, inputs])
     return _conv_bn(x, TOP_FILTERS, 1, 1, "top", act=True)
+
+
+def backbone(x: Any, variant: str = "lite0", *, drop_connect_rate: float = 0.2) -> Any:
+    """Preprocessing, stem, MBConv blocks and the 1x1 top conv on ``x`` (raw [0, 255] RGB)."""
+    return stack(preprocess(x), variant, drop_connect_rate=drop_connect_rate)
 
 
 def torch_names(variant: str, include_top: bool) -> dict[str, list[str]]:
@@ -306,9 +315,6 @@ def imagenet_classifier(variant: str = "lite0", weights: str | None = "pypi",
 
 
 def build(
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    metadata_dim: int = 0,
     *,
     variant: str = "lite0",
     weights: str | None = None,
@@ -316,33 +322,28 @@ def build(
     drop_connect_rate: float = 0.2,
     dense_units: int = 0,
     dropout: float | None = None,
-    attention: bool = heads.HEAD_DEFAULTS["attention"],
-    attention_heads: int = heads.HEAD_DEFAULTS["attention_heads"],
-    metadata_units: int = heads.HEAD_DEFAULTS["metadata_units"],
-    metadata_dropout: float = heads.HEAD_DEFAULTS["metadata_dropout"],
-    name: str | None = None,
-) -> keras.Model:
-    """EfficientNet-Lite backbone -> features -> [soft attention + flatten | average pool] -> head.
+) -> heads.Body:
+    """EfficientNet-Lite backbone -> features -> [soft attention + flatten | average pool] -> top.
 
     ``freeze_bn`` defaults to true with pretrained weights and false from scratch;
     ``dropout`` defaults to the variant's own (0.2 for lite0/1, 0.3 above).
     """
     block_specs(variant)  # validates the variant
-    if min(input_shape[:2]) < 32:
-        raise ValueError(
-            f"efficientnet_lite needs inputs of at least 32x32 (stride 32), got {input_shape}"
-        )
     path = None if weights is None else weights_file(weights, variant)  # fail before building
-    image, metadata = heads.model_inputs(input_shape, metadata_dim)
-    features = heads.mark_features(backbone(image, variant, drop_connect_rate=drop_connect_rate))
-    x = heads.backbone_head(features, attention=attention, attention_heads=attention_heads,
-                            dense_units=dense_units,
-                            dropout=VARIANTS[variant][3] if dropout is None else dropout)
-    model = heads.assemble(image, metadata, x, num_classes=num_classes,
-                           name=name or f"efficientnet_{variant}",
-                           metadata_units=metadata_units, metadata_dropout=metadata_dropout)
-    if path is not None:
-        load_weights(model, path, variant)
-    if freeze_bn if freeze_bn is not None else weights is not None:
-        freeze_batchnorm(model)
-    return model
+
+    def body(x: Any) -> Any:
+        if min(x.shape[1:3]) < 32:
+            raise ValueError(f"efficientnet_lite needs inputs of at least 32x32 (stride 32), "
+                             f"got {tuple(x.shape[1:])}")
+        return stack(x, variant, drop_connect_rate=drop_connect_rate)
+
+    def finish(model: keras.Model) -> None:
+        """Weights are matched by layer name over the whole model, so they load once it exists."""
+        if path is not None:
+            load_weights(model, path, variant)
+        if freeze_bn if freeze_bn is not None else weights is not None:
+            freeze_batchnorm(model)
+
+    top = heads.dense_top(dense_units, VARIANTS[variant][3] if dropout is None else dropout)
+    return heads.Body(name=f"efficientnet_{variant}", stack=body, preprocess=preprocess,
+                      pool=layers.GlobalAveragePooling2D(name="avg_pool"), top=top, finish=finish)

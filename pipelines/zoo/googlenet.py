@@ -4,7 +4,7 @@ Stem: 3x3 conv -> 3x3/2 max-pool -> 1x1 conv -> 3x3 conv -> 3x3/2 max-pool (the 
 7x7/2 first conv becomes 3x3/1 for small inputs). Then the first ``blocks`` inception blocks
 of GoogLeNet in order (3a, 3b, 4a..4e, 5a, 5b) with the original 3x3/2 max-pools after 3b
 and 4e, each block's widths scaled by ``width``. Global average pool + Dropout(0.4) feed the
-softmax head, as in the original; the auxiliary classifiers are left out. Blocks are plain
+shared head, as in the original; the auxiliary classifiers are left out. Blocks are plain
 Keras layers (four branches concatenated), so Grad-CAM and saving need nothing custom.
 """
 
@@ -49,21 +49,8 @@ def inception_block(x: keras.KerasTensor, widths: tuple[int, ...], name: str) ->
     return layers.Concatenate(name=f"{name}_concat")([branch1, branch3, branch5, branch_pool])
 
 
-def build(
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    metadata_dim: int = 0,
-    *,
-    blocks: int = 4,
-    width: float = 0.25,
-    dropout: float = 0.4,
-    attention: bool = heads.HEAD_DEFAULTS["attention"],
-    attention_heads: int = heads.HEAD_DEFAULTS["attention_heads"],
-    metadata_units: int = heads.HEAD_DEFAULTS["metadata_units"],
-    metadata_dropout: float = heads.HEAD_DEFAULTS["metadata_dropout"],
-    name: str = "googlenet_small",
-) -> keras.Model:
-    """Build the small GoogLeNet; ``features`` is the output of the last inception block."""
+def build(*, blocks: int = 4, width: float = 0.25, dropout: float = 0.4) -> heads.Body:
+    """The small GoogLeNet; ``features`` is the output of the last inception block."""
     if not 1 <= blocks <= len(INCEPTION_BLOCKS):
         raise ValueError(
             f"googlenet_small blocks must be in 1..{len(INCEPTION_BLOCKS)}, got {blocks!r}"
@@ -74,32 +61,20 @@ def build(
     def scaled(n: int) -> int:
         return max(1, round(n * width))
 
-    image, metadata = heads.model_inputs(input_shape, metadata_dim)
-    x = layers.Rescaling(1.0 / 255, name="rescale")(image)
-    x = _conv(x, scaled(64), 3, "stem_conv1")
-    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool1")(x)
-    x = _conv(x, scaled(64), 1, "stem_conv2_reduce")
-    x = _conv(x, scaled(192), 3, "stem_conv2")
-    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool2")(x)
-    chosen = INCEPTION_BLOCKS[:blocks]
-    for i, (block_name, widths) in enumerate(chosen):
-        x = inception_block(x, tuple(scaled(w) for w in widths), f"inception{block_name}")
-        if block_name in POOL_AFTER and i < len(chosen) - 1:
-            x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool_after_{block_name}")(
-                x
-            )
-    x = heads.mark_features(x)
-    if attention:
-        x = layers.Flatten(name="flatten")(heads.attention_pool(x, heads=attention_heads))
-    else:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dropout(dropout, name="head_dropout")(x)
-    return heads.assemble(
-        image,
-        metadata,
-        x,
-        num_classes=num_classes,
-        name=name,
-        metadata_units=metadata_units,
-        metadata_dropout=metadata_dropout,
-    )
+    def stack(x: keras.KerasTensor) -> keras.KerasTensor:
+        x = _conv(x, scaled(64), 3, "stem_conv1")
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool1")(x)
+        x = _conv(x, scaled(64), 1, "stem_conv2_reduce")
+        x = _conv(x, scaled(192), 3, "stem_conv2")
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool2")(x)
+        chosen = INCEPTION_BLOCKS[:blocks]
+        for i, (block_name, widths) in enumerate(chosen):
+            x = inception_block(x, tuple(scaled(w) for w in widths), f"inception{block_name}")
+            if block_name in POOL_AFTER and i < len(chosen) - 1:
+                x = layers.MaxPooling2D(3, strides=2, padding="same",
+                                        name=f"pool_after_{block_name}")(x)
+        return x
+
+    return heads.Body(name="googlenet_small", stack=stack,
+                      pool=layers.GlobalAveragePooling2D(name="avg_pool"),
+                      top=heads.dense_top(0, dropout))

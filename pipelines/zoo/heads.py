@@ -1,7 +1,9 @@
-"""Inputs, soft attention, metadata branch and classifier head shared by every zoo family.
+"""The body contract, inputs, soft attention, metadata branch and head shared by every family.
 
-Every builder produces a last convolutional feature map and hands it to this module, so the
-contract the train/evaluate/Grad-CAM stages rely on is written once:
+A family's ``build`` returns a :class:`Body` (the network up to its image vector, like the
+``stack_fn`` of Keras applications); :func:`head` adds the ``features`` mark, soft attention
+and the classifier once, so the contract the train/evaluate/Grad-CAM stages rely on is
+written here only:
 
 - input ``"image"``: float32 RGB pixels in [0, 255], shape ``input_shape``;
 - optional input ``"metadata"``: already-encoded floats, shape ``(metadata_dim,)``;
@@ -13,6 +15,8 @@ contract the train/evaluate/Grad-CAM stages rely on is written once:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -26,13 +30,46 @@ PROBS_LAYER = "probs"
 
 log = logging.getLogger(__name__)
 
-# Options every family accepts, with their defaults: the head is the same for all of them.
-HEAD_DEFAULTS: dict[str, Any] = {
+# Options every zoo entry accepts, with their defaults: the head is the same for every family,
+# so these are declared here once and never appear in a family's ``build`` signature.
+HEAD_OPTIONS: dict[str, Any] = {
     "attention": False,
     "attention_heads": 16,
     "metadata_units": 32,
     "metadata_dropout": 0.2,
 }
+
+Stage = Callable[[keras.KerasTensor], keras.KerasTensor]
+
+
+def rescale(image: keras.KerasTensor) -> keras.KerasTensor:
+    """[0, 255] -> [0, 1]: the preprocessing of the families trained from scratch."""
+    return layers.Rescaling(1.0 / 255, name="rescale")(image)
+
+
+def identity(x: keras.KerasTensor) -> keras.KerasTensor:
+    """No layer at all: for bodies whose network brings its own preprocessing, or no top."""
+    return x
+
+
+@dataclass(frozen=True)
+class Body:
+    """What a family's ``build`` returns: its network without inputs, attention or head.
+
+    ``stack`` (Keras applications' ``stack_fn``) maps the preprocessed image to the last conv
+    feature map; ``pool`` is the family's own last pooling, which soft attention replaces;
+    ``top`` maps the pooled tensor (flattened first if still spatial) to the image vector.
+    ``finish`` runs on the finished model, for what needs every layer in place (loading
+    weights matched by layer name, freezing). A ``Body`` serves one model: its parts may hold
+    layer instances, which must not be called in a second graph.
+    """
+
+    name: str
+    stack: Stage
+    pool: Stage
+    top: Stage = identity
+    preprocess: Stage = rescale
+    finish: Callable[[keras.Model], None] | None = None
 
 
 @keras.saving.register_keras_serializable(package="medscan")
@@ -143,7 +180,7 @@ def mark_features(feature_map: keras.KerasTensor) -> keras.KerasTensor:
 
 
 def attention_pool(
-    features: keras.KerasTensor, *, heads: int = 16, dropout: float = 0.5
+    features: keras.KerasTensor, *, heads: int, dropout: float = 0.5
 ) -> keras.KerasTensor:
     """Datta et al.'s attention block: max-pooled [features, attended features], ReLU, Dropout.
 
@@ -167,7 +204,7 @@ def attention_pool(
 
 
 def metadata_branch(
-    metadata: keras.KerasTensor, *, units: int = 32, dropout: float = 0.2
+    metadata: keras.KerasTensor, *, units: int, dropout: float
 ) -> keras.KerasTensor:
     """Small Dense branch that lifts encoded age/sex/site to a few learned features."""
     x = layers.Dense(units, activation="relu", name="metadata_dense")(metadata)
@@ -176,19 +213,41 @@ def metadata_branch(
     return x
 
 
-def backbone_head(features: Any, *, attention: bool, attention_heads: int, dense_units: int,
-                  dropout: float) -> Any:
-    """The head of a pretrained backbone: [soft attention + flatten | global average pool], an
-    optional hidden Dense, dropout. Layer names are fixed (weights and Grad-CAM find them)."""
-    if attention:
-        x = layers.Flatten(name="flatten")(attention_pool(features, heads=attention_heads))
-    else:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
-    if dense_units:
-        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="head_dropout")(x)
-    return x
+def dense_top(units: int, dropout: float) -> Stage:
+    """An optional hidden ReLU Dense (``head_dense``) then optional Dropout (``head_dropout``)."""
+
+    def top(x: keras.KerasTensor) -> keras.KerasTensor:
+        if units:
+            x = layers.Dense(units, activation="relu", name="head_dense")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name="head_dropout")(x)
+        return x
+
+    return top
+
+
+def head(
+    image: keras.KerasTensor,
+    metadata: keras.KerasTensor | None,
+    body: Body,
+    *,
+    num_classes: int,
+    name: str,
+    attention: bool,
+    attention_heads: int,
+    metadata_units: int,
+    metadata_dropout: float,
+) -> keras.Model:
+    """The whole model: ``body`` on the image, the head options (:data:`HEAD_OPTIONS`), softmax."""
+    features = mark_features(body.stack(body.preprocess(image)))
+    x = attention_pool(features, heads=attention_heads) if attention else body.pool(features)
+    if len(x.shape) == 4:
+        x = layers.Flatten(name="flatten")(x)
+    model = assemble(image, metadata, body.top(x), num_classes=num_classes, name=name,
+                     metadata_units=metadata_units, metadata_dropout=metadata_dropout)
+    if body.finish is not None:
+        body.finish(model)
+    return model
 
 
 def assemble(
@@ -198,8 +257,8 @@ def assemble(
     *,
     num_classes: int,
     name: str,
-    metadata_units: int = 32,
-    metadata_dropout: float = 0.2,
+    metadata_units: int,
+    metadata_dropout: float,
 ) -> keras.Model:
     """Concatenate image features with the metadata branch and end in the float32 softmax."""
     if num_classes < 2:

@@ -151,9 +151,6 @@ def _set_trainable(
 
 
 def build(
-    input_shape: tuple[int, int, int],
-    num_classes: int,
-    metadata_dim: int = 0,
     *,
     backbone: str,
     weights: str | None = None,
@@ -162,13 +159,8 @@ def build(
     fine_tune_last: int | None = None,
     dense_units: int = 0,
     dropout: float = 0.2,
-    attention: bool = heads.HEAD_DEFAULTS["attention"],
-    attention_heads: int = heads.HEAD_DEFAULTS["attention_heads"],
-    metadata_units: int = heads.HEAD_DEFAULTS["metadata_units"],
-    metadata_dropout: float = heads.HEAD_DEFAULTS["metadata_dropout"],
-    name: str | None = None,
-) -> keras.Model:
-    """Backbone (no top) -> features -> [soft attention + flatten | global average pool] -> head.
+) -> heads.Body:
+    """Backbone (no top) -> features -> [soft attention + flatten | global average pool] -> top.
 
     ``alpha`` is the MobileNet width multiplier (MobileNet backbones only). ``trainable_backbone:
     false`` freezes the backbone (feature extraction); ``fine_tune_last: N`` trains only its
@@ -181,41 +173,35 @@ def build(
         raise ValueError(
             f"keras_app option alpha only applies to MobileNet backbones, not {backbone}"
         )
-    if weights is None and min(input_shape[:2]) < min_side:
-        raise ValueError(
-            f"{backbone} needs inputs of at least {min_side}x{min_side}, got {input_shape}"
-        )
     if fine_tune_last is not None and (not trainable_backbone or fine_tune_last < 0):
         raise ValueError("fine_tune_last needs trainable_backbone: true and a value >= 0")
-
-    image, metadata = heads.model_inputs(input_shape, metadata_dim)
-    x = image
-    if preprocess_mode is not None:
-        x = ImageNetPreprocess(preprocess_mode, name="preprocess")(x)
-    kwargs: dict[str, Any] = {}
-    if alpha is not None:
-        kwargs["alpha"] = alpha
+    kwargs: dict[str, Any] = {} if alpha is None else {"alpha": alpha}
     weights_file = None if weights in (None, "imagenet") else resolve(project_root(), weights)
-    base = constructor(
-        include_top=False,
-        weights=None if weights_file else weights,
-        input_tensor=x,
-        input_shape=tuple(input_shape),
-        **kwargs,
-    )
-    if weights_file is not None:
-        _load_weights_file(base, weights_file)
-    _set_trainable(base, trainable_backbone, fine_tune_last)
 
-    features = heads.mark_features(base.output)
-    x = heads.backbone_head(features, attention=attention, attention_heads=attention_heads,
-                            dense_units=dense_units, dropout=dropout)
-    return heads.assemble(
-        image,
-        metadata,
-        x,
-        num_classes=num_classes,
-        name=name or f"keras_app_{backbone}",
-        metadata_units=metadata_units,
-        metadata_dropout=metadata_dropout,
+    def stack(x: keras.KerasTensor) -> keras.KerasTensor:
+        input_shape = tuple(x.shape[1:])
+        if weights is None and min(input_shape[:2]) < min_side:
+            raise ValueError(
+                f"{backbone} needs inputs of at least {min_side}x{min_side}, got {input_shape}"
+            )
+        # Built on the model's own tensor, so the application's layers sit flat in the model.
+        base = constructor(
+            include_top=False,
+            weights=None if weights_file else weights,
+            input_tensor=x,
+            input_shape=input_shape,
+            **kwargs,
+        )
+        if weights_file is not None:
+            _load_weights_file(base, weights_file)
+        _set_trainable(base, trainable_backbone, fine_tune_last)
+        return base.output
+
+    preprocess = (
+        heads.identity
+        if preprocess_mode is None
+        else ImageNetPreprocess(preprocess_mode, name="preprocess")
     )
+    return heads.Body(name=f"keras_app_{backbone}", stack=stack, preprocess=preprocess,
+                      pool=layers.GlobalAveragePooling2D(name="avg_pool"),
+                      top=heads.dense_top(dense_units, dropout))
