@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,33 @@ DAG_ID = "medscan_retrain_ham10000"
 SECOND_DAG_ID = "medscan_retrain_malaria"
 PREFIX = "s3://medscan-intake/ham10000/"
 RUN_TIMEOUT_S = 600
-# Under the repo (git-ignored) unless MEDSCAN_SERVICES_TEST_DIR says otherwise: PostgreSQL runs as
-# the `postgres` user when the test runs as root, and must reach it (a clone under /root cannot).
-STATE = Path(os.environ.get("MEDSCAN_SERVICES_TEST_DIR") or PROJECT / ".services" / "test")
+
+
+def _postgres_reaches(path: Path) -> bool:
+    """Whether the `postgres` user (PostgreSQL's, when the test runs as root) can enter `path`."""
+    try:
+        return subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--",
+                               "test", "-x", str(path)], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _state_dir() -> Path:
+    """Under the repo (git-ignored) unless MEDSCAN_SERVICES_TEST_DIR says otherwise. As root,
+    PostgreSQL runs as `postgres`, which cannot enter a clone under a closed home (/root): then a
+    fresh folder under /var/tmp, so CI passes wherever it clones (the test purges it at the end)."""
+    if os.environ.get("MEDSCAN_SERVICES_TEST_DIR"):
+        return Path(os.environ["MEDSCAN_SERVICES_TEST_DIR"])
+    wanted = PROJECT / ".services" / "test"
+    if os.geteuid() != 0 or _postgres_reaches(PROJECT):
+        return wanted
+    fallback = Path(tempfile.mkdtemp(prefix="medscan-services-test-", dir="/var/tmp"))
+    fallback.chmod(0o755)
+    return fallback
+
+
+STATE = _state_dir()
+TEMPORARY_STATE = STATE.name.startswith("medscan-services-test-")   # the /var/tmp fallback
 # Settings a test needs to see an outage quickly; production keeps MLflow's defaults (7 retries).
 FAST_MLFLOW_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
@@ -149,7 +175,9 @@ def cycle(tmp_path_factory) -> dict[str, Any]:
         print(f"\nservices up in {out['up_s']} s {out['startup']}; one cycle {out['cycle_s']} s")
         yield out
     finally:
-        print(stack.down())
+        print(stack.down(*(("--purge",) if TEMPORARY_STATE else ())))   # .services/test is kept to debug
+        if TEMPORARY_STATE:
+            shutil.rmtree(STATE, ignore_errors=True)
 
 
 def test_one_cycle_runs_every_stage_on_the_celery_worker(cycle):
