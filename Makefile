@@ -6,6 +6,9 @@
 #               train the recommended configuration (configs/<dataset>.yaml) and promote a champion
 #   make plots  the DVC plots of the workspace (REVS="exp-a exp-b" compares revisions) in
 #               dvc_plots/index.html, offline (Vega vendored in vendor/vega/offline.html)
+#   make services-up / services-down   the scale-out services on 127.0.0.1 (docs/scale-out.md):
+#               PostgreSQL, Redis, SeaweedFS S3, an MLflow server, Airflow 3 with Celery (.services/)
+#   make test-services  one retrain cycle and the failure cases on those services (starts and stops them)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -19,7 +22,8 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test real plots lock serve mlflow-ui airflow airflow-stop bench clean
+.PHONY: install demo test real plots lock lock-services serve mlflow-ui airflow airflow-stop bench clean \
+	services-up services-down test-services
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +53,12 @@ plots: install
 lock:
 	$(BIN)/uv pip compile -q requirements.in -o requirements.lock --python-version 3.11
 
+# The services' extras on top of requirements.lock; its celery pin is the one they move (see the .in).
+lock-services:
+	grep -v '^celery==' requirements.lock > .services-constraints.txt
+	$(BIN)/uv pip compile -q requirements-services.in -c .services-constraints.txt -o requirements-services.lock --python-version 3.11
+	rm -f .services-constraints.txt
+
 # The clinician app on 127.0.0.1:8000 (MEDSCAN_PORT overrides; MEDSCAN_ADMIN_PASSWORD seeds the first admin).
 serve: install
 	python -m pipelines.webapp
@@ -62,6 +72,16 @@ airflow: install
 # Stops everything `make airflow` started (its whole session), from any shell.
 airflow-stop:
 	scripts/airflow-standalone.sh stop
+
+# Installs what they need (apt postgresql redis-server, requirements-services.lock), then starts them.
+services-up: install
+	scripts/services-up.sh
+
+services-down:
+	scripts/services-down.sh
+
+test-services: install
+	python -m pytest -q tests/services
 
 bench: install
 	python -m bench.bench_ingest --repeat 2

@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -183,12 +184,22 @@ def is_transient(code: int, output: str) -> bool:
     return any(marker in low for marker in TRANSIENT_MARKERS)
 
 
+# A Python exception's last line ("botocore.exceptions.ClientError: ..."): `dvc repro` prints its own
+# "failed to reproduce" line after the stage's traceback, which names no cause.
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failure|Failed|Busy)\b: ")
+
+
+def _cause(lines: Sequence[str]) -> str:
+    """The last exception line of the output, else its last line."""
+    return next((line for line in reversed(lines) if EXCEPTION_LINE.match(line)), lines[-1] if lines else "no output")
+
+
 def _check(code: int, output: str, what: str) -> None:
-    """Raise with the cause first (the last output line, usually the exception), then the tail."""
+    """Raise with the cause first (the exception the command died of), then the tail."""
     if code == 0:
         return
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    cause = lines[-1] if lines else "no output"
+    cause = _cause(lines)
     tail = output[-TAIL_CHARS:]
     if is_transient(code, output):
         raise TransientFailure(f"{what} failed (exit {code}, looks transient): {cause}\n{tail}")

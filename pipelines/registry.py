@@ -26,6 +26,13 @@ from pipelines.errors import RegistryError
 
 CHAMPION, PREVIOUS = "champion", "previous"
 HISTORY_TAG = "medscan.champion_history"
+# What the registry answers for "no such model" / "no such alias": anything else (a tracking server
+# whose database is down answers INTERNAL_ERROR) is an outage, not an answer, and must propagate.
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code in NOT_FOUND
 
 
 def model_name(params: Mapping[str, Any]) -> str:
@@ -33,10 +40,14 @@ def model_name(params: Mapping[str, Any]) -> str:
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`; None only when the model or the alias does not exist (an
+    outage taken for "no champion" would bless a candidate on the floor alone)."""
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
 
 
 def latest_logged_model(client: MlflowClient, run_id: str, model: str = "model") -> str | None:
@@ -53,7 +64,9 @@ def register(client: MlflowClient, name: str, run_id: str, tags: Mapping[str, st
     """Register the run's newest logged model "model" (once: registered already returns its version)."""
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
         client.create_registered_model(name, description="Medscan diagnostic-support classifier")
     model_id = latest_logged_model(client, run_id)
     for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
@@ -75,15 +88,19 @@ def _history(client: MlflowClient, name: str) -> list[str]:
 
 
 def set_champion(client: MlflowClient, name: str, version: str) -> None:
-    """Move `champion` to `version`; the replaced champion becomes `previous`."""
+    """Move `champion` to `version`; the replaced champion becomes `previous`.
+
+    Three writes, and the registry can go away between them: a rerun (the stage's retry) finishes
+    what is missing (the history entry after the alias moved) and never adds an entry twice.
+    """
     current = version_by_alias(client, name, CHAMPION)
-    if current is not None and str(current.version) == str(version):
-        return
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, str(current.version))
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    history = _history(client, name) + [str(version)]
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+    if current is None or str(current.version) != str(version):
+        if current is not None:
+            client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    history = _history(client, name)
+    if history[-1:] != [str(version)]:
+        client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, str(version)]))
 
 
 def rollback(client: MlflowClient, name: str) -> str:
