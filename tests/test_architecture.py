@@ -44,12 +44,11 @@ def _write(root: Path, rel: str, text: str) -> None:
 
 
 def test_an_import_of_a_stage_is_named(tmp_path):
-    _write(tmp_path, "app/__init__.py", "")
-    _write(tmp_path, "app/lib.py", "")
-    _write(tmp_path, "app/first.py", "from app import lib\n")
-    _write(tmp_path, "app/second.py", "def run():\n    from app.first import thing\n")
-    _write(tmp_path, "app/sub/__init__.py", "")
-    _write(tmp_path, "app/sub/helper.py", "from .. import second\n")
+    package = {"app/__init__.py": "", "app/lib.py": "", "app/first.py": "from app import lib\n",
+               "app/second.py": "def run():\n    from app.first import thing\n",
+               "app/sub/__init__.py": "", "app/sub/helper.py": "from .. import second\n"}
+    for rel, text in package.items():
+        _write(tmp_path, rel, text)
     stages = {"a": StageCode("python -m app.first", ()), "b": StageCode("python -m app.second --x", ())}
     assert entry_modules(stages) == {"app.first", "app.second"}
     assert upward_imports(tmp_path, entry_modules(stages), "app") == {
