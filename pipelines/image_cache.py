@@ -100,13 +100,25 @@ class ImageCache:
         return len(fresh)
 
     def materialise(self, shas: Iterable[str], dest: Path) -> None:
-        """Copy the cached PNGs of `shas` into `dest` (data/images), replacing what is there."""
+        """Put the cached PNGs of `shas` into `dest` (data/images), replacing what is there.
+
+        Hard links where the file system allows (the store is content-addressed and never written
+        in place, so sharing the inode is safe and a delivery's retrain writes no image bytes
+        again); a copy across devices or where links are refused.
+        """
         dest.mkdir(parents=True, exist_ok=True)
         for sha in shas:
             name = stored_name(sha)
+            target = dest / name
+            if target.exists() and os.path.samefile(self.dir / name, target):
+                continue   # linked by an earlier run (a rename onto the same inode would do nothing)
             tmp = dest / f".tmp-{name}"
-            shutil.copyfile(self.dir / name, tmp)
-            os.replace(tmp, dest / name)
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(self.dir / name, tmp)
+            except OSError:
+                shutil.copyfile(self.dir / name, tmp)
+            os.replace(tmp, target)
 
 
 def reuse_or_normalize(

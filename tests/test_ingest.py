@@ -603,3 +603,23 @@ def test_the_same_input_twice_gives_byte_identical_outputs(malaria, tmp_path):
     assert snapshot() == cold
     run(malaria, tmp_path / "other", workers=2)
     assert [(tmp_path / "other" / p.relative_to(project)).read_bytes() for p in outputs] == cold
+
+
+def test_cache_materialises_by_hard_link_and_twice_leaves_no_temporary(tmp_path):
+    """The cached PNGs are linked into data/images (no bytes written again); a second pass onto
+    the same inodes leaves the folder as it was, with no `.tmp-` file behind."""
+    from pipelines.image_cache import ImageCache
+    from pipelines.images import ImageLimits, stored_name
+
+    cache = ImageCache(tmp_path / "cache", ImageLimits(store_max_side=64))
+    cache.dir.mkdir(parents=True)
+    shas = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
+    for i, sha in enumerate(shas):
+        (cache.dir / stored_name(sha)).write_bytes(b"png" + bytes([i]))
+    dest = tmp_path / "images"
+    for _ in range(2):
+        cache.materialise(shas, dest)
+        assert sorted(p.name for p in dest.iterdir()) == sorted(stored_name(s) for s in shas)
+    for i, sha in enumerate(shas):
+        assert (dest / stored_name(sha)).read_bytes() == b"png" + bytes([i])
+        assert os.path.samefile(dest / stored_name(sha), cache.dir / stored_name(sha))
