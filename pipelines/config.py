@@ -165,6 +165,11 @@ class Paths:
         """The full evaluation report of one architecture (plain output; compare and promote read it)."""
         return self._candidates(arch) / "reports" / "evaluate" / f"{arch}.json"
 
+    def test_probabilities(self, arch: str) -> Path:
+        """evaluate's test-split class probabilities (one row per image, keyed by `path`): promote
+        reuses them for the challenger instead of scoring the same images again."""
+        return self._candidates(arch) / "reports" / "evaluate" / f"{arch}.test.parquet"
+
     def stage_metrics(self, stage: str) -> Path:
         """A stage's few headline numbers (DVC metrics); its full report stays a plain output."""
         return self.root / "metrics" / f"{stage}.json"

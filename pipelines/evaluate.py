@@ -2,7 +2,9 @@
 
 Writes reports/evaluate/<arch>.json (the full report; the comparison report's input): `val` (what
 compare selects on), `test` (reported only, never used to choose) and their baselines, each metric
-with a 95% group-bootstrap interval (`ci95`); metrics/<arch>.json, its headline numbers (DVC
+with a 95% group-bootstrap interval (`ci95`); reports/evaluate/<arch>.test.parquet, the test
+probabilities (promote's challenger scores, so the gate does not score the same images twice);
+metrics/<arch>.json, its headline numbers (DVC
 metrics, pipelines/dvc_metrics.py); plots/<arch>/ (confusion matrix, ROC, reliability, learning
 curves, Grad-CAM, all on test) with the data of each DVC plot in plots/dvc/<kind>/<arch>.csv; and
 logs them to the architecture's MLflow run. Every architecture is scored on the same rows.
@@ -34,7 +36,7 @@ from pipelines.config import ARTIFACT_DIR, CONTRACT_FILE, Paths
 from pipelines.contract import ModelContract, as_contract, for_model_dir
 from pipelines.contract import save as save_contract
 from pipelines.gradcam import gradcam, save_gradcam_grid
-from pipelines.inference import label_indices, load_bundle, predict_frame
+from pipelines.inference import label_indices, load_bundle, predict_frame, save_probabilities
 from pipelines.model_inputs import model_inputs
 from pipelines.manifest import read_splits
 from pipelines.metrics import (age_band, classification_metrics, flatten_for_logging,
@@ -98,6 +100,7 @@ def write_skipped(paths: Paths, arch: str) -> dict[str, Any]:
     for path in (paths.eval_report(arch), paths.metrics_file(arch)):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    save_probabilities(paths.test_probabilities(arch), pd.DataFrame({"path": []}), np.empty((0, 0)), [])
     paths.plots_dir(arch).mkdir(parents=True, exist_ok=True)
     for kind in PLOT_COLUMNS:
         write_empty_plot_data(paths.plot_data(kind, arch), kind)
@@ -139,6 +142,7 @@ def run(arch: str, paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
                                                            train_labels, eval_params)
     progress(f"scoring test: {len(test)} images, {resamples} bootstrap resamples")
     probs, results, baseline = score_split(model, contract, test, paths.root, train_labels, eval_params)
+    save_probabilities(paths.test_probabilities(arch), test, probs, classes)
     y_true = label_indices(test, classes)
     target = eval_params.get("abstain_target_precision")
     calib = calibration_report(val_probs, label_indices(frames["val"], classes), probs, y_true,

@@ -69,6 +69,29 @@ def predict_frame(model: keras.Model, info: ModelContract | Mapping[str, Any], f
     return total / len(views)
 
 
+def save_probabilities(path: Path, frame: pd.DataFrame, probs: np.ndarray, classes: Sequence[str]) -> Path:
+    """Write one split's probabilities keyed by each row's `path` (read back by :func:`saved_probabilities`)."""
+    table = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(classes))
+    table.insert(0, "path", frame["path"].astype(str).to_numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path, index=False)
+    return path
+
+
+def saved_probabilities(path: Path, frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray | None:
+    """The saved probabilities of `frame`'s rows in its order, or None when the file is absent or
+    does not cover them with these classes (then the caller scores the images itself)."""
+    if not path.exists():
+        return None
+    table = pd.read_parquet(path)
+    if list(table.columns) != ["path", *classes] or table["path"].duplicated().any():
+        return None
+    rows = table.set_index("path").reindex(frame["path"].astype(str))
+    if rows.isna().any(axis=None):
+        return None
+    return rows.to_numpy(dtype=np.float64)
+
+
 def label_indices(frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     index = {c: i for i, c in enumerate(classes)}
     return frame["label"].map(index).to_numpy(dtype=np.int64)

@@ -2,7 +2,8 @@
 
 The challenger is compare's best, chosen on the validation split; the test split only scores it.
 The gate (pipelines/gate.py): the challenger's test score must reach an absolute floor; when a
-champion exists, both are scored on the same test images, minus every image either model trained
+champion exists, both are scored on the same test images (the challenger from the probabilities
+evaluate saved, the champion by running it), minus every image either model trained
 or early-stopped on (each version's training fingerprint), and the challenger must beat the champion
 by more than `promote.min_delta` (optionally with the paired group-bootstrap interval's lower bound
 above it) without lowering the sensitivity of a guarded class by more than
@@ -36,7 +37,7 @@ from pipelines.fingerprint import check_fingerprint, read_fingerprint, training_
 from pipelines.gate import (ALREADY_CHAMPION, COMPARED, NO_CHAMPION, OTHER_LABELS, UNSCORABLE,
                             Comparison, Decision,
                             compare_models, decide, fair_test_images, policy_from_params)
-from pipelines.inference import label_indices, load_bundle, predict_frame
+from pipelines.inference import label_indices, load_bundle, predict_frame, saved_probabilities
 from pipelines.lineage import lineage_tags
 from pipelines.manifest import read_splits
 
@@ -152,8 +153,9 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         test = frames["test"]
         fair, excluded = fair_test_images(test, {"challenger": ours_fp, "champion": champ.fingerprint})
         if len(fair):
-            model, own_info = load_bundle(paths.model_dir(best))
-            ours = predict_frame(model, own_info, fair, paths.root)
+            ours = saved_probabilities(paths.test_probabilities(best), fair, classes)
+            if ours is None:  # an evaluate from before the probabilities were saved
+                ours = predict_frame(*load_bundle(paths.model_dir(best)), fair, paths.root)
             theirs = predict_frame(*champ.model, fair, paths.root)
         else:
             ours = theirs = None

@@ -265,6 +265,7 @@ def test_promote_first_champion_fair_comparison_and_unscorable_champion(tmp_path
     from pipelines.config import Paths
     from pipelines.promote import run as promote
     from pipelines.manifest import read_splits
+    from pipelines.inference import save_probabilities
 
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
@@ -313,6 +314,14 @@ def test_promote_first_champion_fair_comparison_and_unscorable_champion(tmp_path
     assert {f"medscan.gate.{k}" for k in second if k not in ("blessed", "reason", "lineage", "model_name",
                                                             "registered", "experiment",
                                                             "candidate_version", "champion_after")} <= set(tags)
+
+    # 2b. evaluate's saved test probabilities are the challenger's: it is not scored again
+    _candidate(root, "m2s", 5, training_fingerprint(frames))
+    test = frames["test"]
+    perfect = np.eye(2)[test["label"].map({"a": 0, "b": 1}).to_numpy()]
+    save_probabilities(paths.test_probabilities("m2s"), test.iloc[::-1], perfect[::-1], ["a", "b"])
+    saved = promote(paths, PARAMS)
+    assert saved["champion_state"] == "compared" and saved["comparison"]["challenger_score"] == 1.0
 
     # 3. a champion without a fingerprint (trained before they were recorded): nothing can be
     # excluded for it, which can only favour it; promotion.json says so
