@@ -5,8 +5,9 @@ Runs after every evaluate@<arch>: ranks the trained `architectures` by the VALID
 take no part), takes the top `ensemble.members` whose classes and metadata encoding match the
 best one's, and writes derived/models/ensemble/ as train writes models/<arch>/ (model.keras, an
 empty history.json, train_info.json, train_fingerprint.json = the union of the members') plus an
-MLflow child run under the same pipeline parent with the model logged as `model`. evaluate, compare
-and the promotion gate then treat it like any trained architecture (pipelines/ensemble.py).
+MLflow child run under the same pipeline parent (evaluate logs the model, as for every candidate:
+the calibrated pyfunc that promote registers). evaluate, compare and the promotion gate then treat
+it like any trained architecture (pipelines/ensemble.py).
 
 Members are chosen on validation, so the ensemble's validation score is slightly optimistic: do not
 read a validation win of the ensemble as proof. The gate decides on the fair test comparison
@@ -23,7 +24,6 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping
-from importlib import metadata
 from typing import Any
 
 import mlflow
@@ -42,11 +42,6 @@ from pipelines.metrics import LOWER_IS_BETTER
 SELECTION_SPLIT = "val"
 
 log = logging.getLogger(__name__)
-
-
-def pip_requirements() -> list[str]:
-    """The installed TensorFlow and Keras that built the model (what serving must install)."""
-    return [f"tensorflow-cpu=={metadata.version('tensorflow-cpu')}", f"keras=={metadata.version('keras')}"]
 
 
 def _value(doc: Mapping[str, Any] | None, metric: str) -> float | None:
@@ -163,7 +158,6 @@ def run(paths: Paths, params: Mapping[str, Any]) -> dict[str, Any]:
         union = union_fingerprint([read_fingerprint(paths.train_fingerprint(a)) for a in chosen])
         mlflow.log_artifact(str(write_fingerprint(paths.train_fingerprint(ENSEMBLE), union)),
                             artifact_path=ARTIFACT_DIR)
-        mlflow.tensorflow.log_model(model, name="model", pip_requirements=pip_requirements())
     return train_info
 
 

@@ -179,8 +179,10 @@ def test_stage_picks_members_on_validation_and_writes_a_candidate(project):
     assert run.data.params["ensemble.members"] == "best,second"
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(info["run_id"], "medscan")}
     assert {"medscan/train_info.json", "medscan/history.json", ARTIFACT} <= logged
-    served = mlflow.tensorflow.load_model(f"runs:/{info['run_id']}/model", keras_model_kwargs={"compile": False})
-    np.testing.assert_allclose(served.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    # The model is logged once, by evaluate_ensemble, as the calibrated pyfunc promote registers.
+    experiment = run.info.experiment_id
+    assert mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                       filter_string=f"source_run_id = '{info['run_id']}'") == []
 
 
 def test_lower_is_better_metrics_pick_the_smallest():
