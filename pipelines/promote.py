@@ -3,8 +3,8 @@
 The challenger is compare's best, chosen on the validation split; the test split only scores it.
 The gate (pipelines/gate.py): the challenger's test score must reach an absolute floor; when a
 champion exists, both are scored on the same test images (the challenger from the probabilities
-evaluate saved, the champion by running it), minus every image either model trained
-or early-stopped on (each version's training fingerprint), and the challenger must beat the champion
+evaluate saved, the champion by running it), minus every image either model trained or
+early-stopped on (each version's training fingerprint), and the challenger must beat the champion
 by more than `promote.min_delta` (optionally with the paired group-bootstrap interval's lower bound
 above it) without lowering the sensitivity of a guarded class by more than
 `promote.max_sensitivity_drop`. A champion whose artifacts are gone is recorded as unscorable and
