@@ -177,8 +177,15 @@ JSON
     spawn s3 weed mini -dir="$STATE/s3/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$S3_PORT" \
         -s3.config="$config" -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0
     wait_for 60 http_any "http://127.0.0.1:$S3_PORT/" || { tail -20 "$LOGS/s3.log" >&2; echo "S3 did not start" >&2; exit 1; }
-    # The gateway answers before the filer behind it is ready: retry bucket creation a little.
-    wait_for 60 "$VENV_BIN/python" - "${BUCKETS[@]}" <<'PY' || { echo "could not create the S3 buckets" >&2; exit 1; }
+    # The gateway answers before the filer behind it is ready, and after a restart the volume
+    # server registers its volumes a little later still (GetObject: "volume 1 not found"): retry
+    # until every bucket exists and an object stored in each one can be read back.
+    wait_for 60 s3_ready "${BUCKETS[@]}" || { tail -20 "$LOGS/s3.log" >&2; echo "S3 buckets not ready" >&2; exit 1; }
+}
+
+# The probe is passed with -c, not on stdin: wait_for runs it again, and a here-document is
+# consumed by the first try (every later try would read an empty script and "succeed").
+S3_READY_PY='
 import os, sys
 import boto3
 s3 = boto3.client("s3", endpoint_url=os.environ["MEDSCAN_S3_ENDPOINT_URL"])
@@ -186,8 +193,11 @@ have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
 for bucket in sys.argv[1:]:
     if bucket not in have:
         s3.create_bucket(Bucket=bucket)
-PY
-}
+    stored = [o for o in s3.list_objects_v2(Bucket=bucket, MaxKeys=50).get("Contents", []) if o["Size"] > 0]
+    if stored:   # one byte of one stored object: its volume is being served again
+        s3.get_object(Bucket=bucket, Key=stored[0]["Key"], Range="bytes=0-0")["Body"].read()
+'
+s3_ready() { "$VENV_BIN/python" -c "$S3_READY_PY" "$@"; }
 
 start_mlflow() {
     # Artifacts are proxied (mlflow-artifacts:/): only this server holds the S3 credentials it uses.
