@@ -6,7 +6,8 @@ with a 95% group-bootstrap interval (`ci95`); reports/evaluate/<arch>.test.parqu
 probabilities (promote's challenger scores, so the gate does not score the same images twice);
 metrics/<arch>.json, its headline numbers (DVC metrics, pipelines/dvc_metrics.py); plots/<arch>/
 (confusion matrix, ROC, reliability, learning curves, Grad-CAM, all on test) with the data of each
-DVC plot in plots/dvc/<kind>/<arch>.csv; and logs them to the architecture's MLflow run. Every architecture is scored on the same rows.
+DVC plot in plots/dvc/<kind>/<arch>.csv; and logs them to the architecture's MLflow run. Every
+architecture is scored on the same rows.
 
 Calibration (pipelines/calibration.py): a temperature and an abstention threshold are fitted on
 val (`evaluate.abstain_target_precision`), reported on test in `calibration`, written into the
