@@ -19,6 +19,7 @@ def test_batches_have_images_metadata_and_onehot_labels(tmp_path):
     meta = np.arange(12, dtype=np.float32).reshape(6, 2)
     ds = make_dataset(frame, tmp_path, ["a", "b"], 8, 4, metadata=meta)
     x, y = next(iter(ds))
+    assert set(x) == {"image", "metadata"}  # the cached channel mean never reaches the model
     assert x["image"].shape == (4, 8, 8, 3) and x["metadata"].shape == (4, 2)
     np.testing.assert_allclose(y.numpy()[0], [0, 1])
     assert float(x["image"][1].numpy().mean()) == 20.0  # order kept, pixels in [0, 255]
@@ -70,6 +71,22 @@ def test_augment_batch_keeps_shape_dtype_and_range():
     np.testing.assert_array_equal(out, again)  # stateless: same seed, same batch
     # All off: only the cast to float32.
     np.testing.assert_array_equal(augment_batch(tf.constant(x), {}, SEED).numpy(), x.astype(np.float32))
+
+
+def test_cached_channel_mean_gives_the_same_batch_as_computing_it():
+    x = _batch()
+    mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
+    np.testing.assert_allclose(augment_batch(tf.constant(x), RECIPE, SEED, mean).numpy(),
+                               augment_batch(tf.constant(x), RECIPE, SEED).numpy(), atol=1e-3)
+
+
+def test_training_batches_carry_only_model_features(tmp_path):
+    frame = _frame(tmp_path)
+    for sampling in ("natural", "balanced"):
+        ds = make_dataset(frame, tmp_path, ["a", "b"], 8, 4, training=True, augment=RECIPE,
+                          sampling=sampling)
+        x, _ = next(iter(ds))
+        assert set(x) == {"image"}
 
 
 @pytest.mark.parametrize("kind,views", [("flips", 4), ("rot90", 4), ("d4", 8)])
