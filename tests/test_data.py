@@ -50,7 +50,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipelines.data import (  # noqa: E402
-    augment_batch, colour_matrices, random_symmetry, steps_per_epoch, symmetries,
+    apply_augmentation, augment_batch, colour_matrices, draw_augmentation, random_symmetry,
+    steps_per_epoch, symmetries,
 )
 
 RECIPE = {"flip": True, "rot90": True, "hue": 0.05, "saturation": 0.3, "brightness": 0.2, "contrast": 0.3}
@@ -78,6 +79,14 @@ def test_cached_channel_mean_gives_the_same_batch_as_computing_it():
     mean = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2])
     np.testing.assert_allclose(augment_batch(tf.constant(x), RECIPE, SEED, mean).numpy(),
                                augment_batch(tf.constant(x), RECIPE, SEED).numpy(), atol=1e-3)
+
+
+def test_compiled_pixel_work_gives_the_same_transforms_as_eager():
+    # make_dataset compiles apply_augmentation with XLA and draws outside it: same seed, same batch.
+    x = tf.constant(_batch())
+    draws = draw_augmentation(RECIPE, SEED, tf.shape(x)[0])
+    compiled = tf.function(lambda images, d: apply_augmentation(images, RECIPE, d), jit_compile=True)
+    np.testing.assert_allclose(compiled(x, draws).numpy(), augment_batch(x, RECIPE, SEED).numpy(), atol=1e-3)
 
 
 def test_training_batches_carry_only_model_features(tmp_path):
