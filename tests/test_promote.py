@@ -161,7 +161,7 @@ def _tiny_model(seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((4, 4, 3), name="image")
     outputs = keras.layers.Dense(2, activation="softmax", name="probs")(keras.layers.Flatten()(inputs))
-    return keras.Model(inputs, outputs)
+    return keras.Model([inputs], outputs)   # a list of inputs, as zoo.heads builds them
 
 
 def _logged_run(tmp_path, experiment_id: str, seed: int) -> str:

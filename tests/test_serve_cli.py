@@ -12,8 +12,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -76,7 +78,7 @@ def test_serve_answers_the_rest_of_a_batch(project, monkeypatch, capsys):
 
     inputs = keras.Input((24, 24, 3), name="image")
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
-    model = keras.Model(inputs, outputs)
+    model = keras.Model([inputs], outputs)   # a list of inputs, as zoo.heads builds them
     info = {"image_size": 24, "classes": ["akiec", "bcc", "nv"], "metadata_columns": []}
     monkeypatch.setattr(serve.Predictor, "champion",
                         classmethod(lambda cls, params, paths: cls(model, info, "medscan-ham10000/1")))
@@ -103,7 +105,8 @@ def _register_champion(root: Path) -> tuple[str, str]:
     from pipelines.config import Paths, load_params
 
     class Constant(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        def predict(self, context: Any, model_input: pd.DataFrame,
+                    params: dict[str, Any] | None = None) -> pd.DataFrame:
             return model_input
 
     params = load_params(root)
