@@ -197,7 +197,7 @@ def test_confirmed_diagnosis_lands_in_the_drop_folder_and_the_audit_log(setup, c
     assert "predicted" in entry and "at" in entry
     again = client.post(f"/cases/{case}/confirm", data={"label": "mel", "csrf_token": csrf(client, "/upload")})
     assert again.status_code == 404                      # recorded once
-    logged = caplog.text + (root / ".medscan-app" / "audit.jsonl").read_text()
+    logged = (caplog.text + (root / ".medscan-app" / "audit.jsonl").read_text()).replace(str(root), "<root>")
     assert not {"age", "sex", "localization"} & set(entry)
     for patient in ("63", "female", "scalp", "IMG_0001"):
         assert not mentions(logged, patient)
